@@ -1,0 +1,93 @@
+"""Reading and writing volumes: NIfTI, NRRD and DICOM series, through SimpleITK.
+
+SimpleITK (ITK's GDCM for DICOM, including JPEG-2000 slices) gives LPS geometry; it is
+converted to the engine's RAS affine here, at the edge, and nowhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .atomic import atomic_path
+from .errors import AbdoSegError
+from .image import Image
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+READABLE = ".nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd or a DICOM series folder"
+
+
+def read_image(path: str | Path) -> Image:
+    """Read a 3D scalar volume from a file or a DICOM series folder.
+
+    Returns an Image with array shape (I, J, K) and a RAS affine. Raises AbdoSegError with
+    one sentence when the path is missing, unreadable, truncated, or not a 3D scalar image.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AbdoSegError(f"{path} does not exist.")
+    try:
+        itk_image = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise AbdoSegError(
+            f"{path} could not be read as an image ({_first_line(error)}); "
+            f"it may be truncated or in another format (readable: {READABLE})."
+        ) from None
+    return _to_image(itk_image, path)
+
+
+def write_image(image: Image, path: str | Path, compress: bool = True) -> None:
+    """Write an Image to NIfTI or NRRD (chosen by the file name), atomically."""
+    itk_image = to_itk(image)
+    with atomic_path(path) as temporary:
+        sitk.WriteImage(itk_image, str(temporary), useCompression=compress, compressionLevel=1)
+
+
+def to_itk(image: Image, pixel_type: int | None = None) -> sitk.Image:
+    """A SimpleITK image with the Image's geometry: its array, or zeros of ``pixel_type``."""
+    if pixel_type is None:
+        itk_image = sitk.GetImageFromArray(np.ascontiguousarray(image.array.transpose(2, 1, 0)))
+    else:
+        itk_image = sitk.Image([int(n) for n in image.shape], pixel_type)
+    affine_lps = LPS_TO_RAS @ image.affine
+    spacing = np.linalg.norm(affine_lps[:3, :3], axis=0)
+    itk_image.SetSpacing(spacing.tolist())
+    itk_image.SetDirection((affine_lps[:3, :3] / spacing).flatten().tolist())
+    itk_image.SetOrigin(affine_lps[:3, 3].tolist())
+    return itk_image
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    """The DICOM series with the most slices in ``folder``."""
+    reader = sitk.ImageSeriesReader()
+    series_ids = reader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise AbdoSegError(f"{folder} is a folder without a DICOM series (readable: {READABLE}).")
+    files = max((reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len)
+    reader.SetFileNames(files)
+    return reader.Execute()
+
+
+def _to_image(itk_image: sitk.Image, path: Path) -> Image:
+    if itk_image.GetNumberOfComponentsPerPixel() != 1:
+        raise AbdoSegError(f"{path} has {itk_image.GetNumberOfComponentsPerPixel()} values per voxel; a scalar 3D image is needed.")
+    size = itk_image.GetSize()
+    if itk_image.GetDimension() != 3 or min(size) < 2:
+        shape = "x".join(str(s) for s in size)
+        raise AbdoSegError(f"{path} is a {itk_image.GetDimension()}D image of size {shape}; a 3D volume is needed.")
+    direction = np.array(itk_image.GetDirection()).reshape(3, 3)
+    affine_lps = np.eye(4)
+    affine_lps[:3, :3] = direction * np.array(itk_image.GetSpacing())
+    affine_lps[:3, 3] = itk_image.GetOrigin()
+    array = sitk.GetArrayViewFromImage(itk_image).transpose(2, 1, 0)
+    # The view keeps the SimpleITK buffer alive only while itk_image lives: copy out of it.
+    return Image(np.array(array, copy=True), LPS_TO_RAS @ affine_lps)
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = lines[-1] if lines else type(error).__name__
+    return detail.split(": ", 1)[-1][:160]

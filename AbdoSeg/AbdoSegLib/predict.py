@@ -1,0 +1,115 @@
+"""Prediction: CT Image + model bundle -> organ labelmap on the input grid."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from .bundle import ModelBundle
+from .cleanup import clean_labels
+from .errors import AbdoSegError
+from .image import Image
+from .preprocessing import preprocess
+from .progress import NoProgress
+from .upsampling import labels_on_input_grid
+
+Progress = Callable[[str, float, str], None]
+"""progress(stage, fraction 0..1, message)"""
+
+
+@dataclass
+class Prediction:
+    """labels: uint8 Image on the input grid; timings_s: seconds per stage; device used."""
+
+    labels: Image
+    device: str
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    """'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise AbdoSegError(f"device {requested!r} was asked for, but PyTorch finds no CUDA GPU here; use --device cpu or auto.")
+        return torch.device(requested)
+    if requested == "cpu":
+        return torch.device("cpu")
+    raise AbdoSegError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N.")
+
+
+def window_size(volume_shape: tuple[int, ...], max_patch: tuple[int, ...], divisor: int) -> tuple[int, ...]:
+    """Sliding-window size: the bundle's patch, shrunk to the volume rounded up to ``divisor``."""
+    return tuple(min(p, divisor * math.ceil(n / divisor)) for n, p in zip(volume_shape, max_patch))
+
+
+def count_windows(volume_shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
+    """Number of windows MONAI's sliding window visits (for progress)."""
+    total = 1
+    for n, r in zip(volume_shape, roi):
+        step = max(int(r * (1 - overlap)), 1)
+        total *= 1 if n <= r else math.ceil((n - r) / step) + 1
+    return total
+
+
+def infer_probabilities(
+    network: torch.nn.Module,
+    volume: torch.Tensor,
+    roi: tuple[int, int, int],
+    overlap: float,
+    device: torch.device,
+    progress: Progress = NoProgress(),
+) -> torch.Tensor:
+    """Softmax probabilities (C, X, Y, Z) float32 on the CPU for a volume (X, Y, Z).
+
+    Gaussian-weighted sliding window; windows run on ``device`` (fp16 autocast on CUDA only),
+    the blended result is gathered on the CPU so that memory stays bounded on the GPU.
+    """
+    total = count_windows(tuple(volume.shape), roi, overlap)
+    done = 0
+
+    def run(window: torch.Tensor) -> torch.Tensor:
+        nonlocal done
+        with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+            logits = network(window.to(device))
+        done += window.shape[0]
+        progress("inference", min(done / total, 1.0), f"window {done} of {total}")
+        return logits.float()
+
+    with torch.inference_mode():
+        logits = sliding_window_inference(
+            volume[None, None], roi, sw_batch_size=1, predictor=run, overlap=overlap,
+            mode="gaussian", sw_device=device, device=torch.device("cpu"),
+        )
+        return torch.softmax(logits[0], dim=0)
+
+
+def segment(image: Image, bundle: ModelBundle, device: str = "auto", progress: Progress = NoProgress()) -> Prediction:
+    """Segment the organs of a CT Image with a bundle; labels land on the input's grid."""
+    timings: dict[str, float] = {}
+    torch_device = resolve_device(device)
+    network = bundle.network.to(torch_device)
+
+    start = time.perf_counter()
+    progress("preprocess", 0.0, "resampling to the model grid")
+    volume, grid = preprocess(image, bundle.preprocessing)
+    timings["preprocess"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    roi = window_size(grid.shape, bundle.patch_size, network.config.divisor)
+    probabilities = infer_probabilities(network, volume, roi, bundle.overlap, torch_device, progress)
+    timings["inference"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    progress("postprocess", 0.0, "cleaning up and returning to the input grid")
+    cleaned = clean_labels(probabilities.argmax(dim=0).to(torch.uint8).numpy())
+    labels = labels_on_input_grid(probabilities, cleaned, grid)
+    timings["postprocess"] = time.perf_counter() - start
+    return Prediction(image.with_array(labels), str(torch_device), timings)

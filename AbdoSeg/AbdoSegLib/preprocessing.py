@@ -1,0 +1,145 @@
+"""Preprocessing shared by inference and training.
+
+CT (Image, any orientation) -> canonical RAS voxel order -> resampled to the model spacing
+-> HU clipped to a window and scaled to [-1, 1]. Every parameter comes from a
+``Preprocessing`` that is stored in the model bundle, so training and inference agree.
+
+Grid convention: resizing an axis of n voxels to m voxels maps output index o to input
+index (o + 0.5) * n / m - 0.5 (PyTorch ``align_corners=False``): both grids cover the same
+field of view, and the model grid's affine follows from that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from nibabel import orientations
+
+from .image import Image
+
+SLAB_SLICES = 32  # slices resampled at a time: bounds the float copy of a large scan
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Parameters of the preprocessing, as stored in a model bundle.
+
+    spacing_mm: voxel size of the model grid along R, A, S in mm.
+    hu_window: (low, high) HU; values are clipped to it and scaled linearly to [-1, 1].
+    """
+
+    spacing_mm: tuple[float, float, float]
+    hu_window: tuple[float, float]
+
+    def to_dict(self) -> dict:
+        return {"spacing_mm": list(self.spacing_mm), "hu_window": list(self.hu_window)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Preprocessing":
+        return cls(tuple(float(v) for v in data["spacing_mm"]), tuple(float(v) for v in data["hu_window"]))
+
+
+@dataclass(frozen=True)
+class ModelGrid:
+    """How the model grid relates to an input grid.
+
+    ornt: nibabel orientation that takes the input voxel axes to RAS order.
+    input_shape: (I, J, K) of the input; canonical_shape: the same after reorientation.
+    shape: model grid shape; affine: model grid voxel-to-RAS (4, 4).
+    """
+
+    ornt: np.ndarray
+    input_shape: tuple[int, int, int]
+    canonical_shape: tuple[int, int, int]
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    def to_input_orientation(self, canonical: np.ndarray) -> np.ndarray:
+        """An array in canonical voxel order (canonical_shape) back in the input's order."""
+        back = orientations.ornt_transform(orientations.axcodes2ornt("RAS"), self.ornt)
+        return np.ascontiguousarray(orientations.apply_orientation(canonical, back))
+
+    def canonical_coordinates(self, axis: int, model_index: np.ndarray) -> np.ndarray:
+        """Continuous canonical-input index along ``axis`` of model grid indices."""
+        scale = self.canonical_shape[axis] / self.shape[axis]
+        return (model_index + 0.5) * scale - 0.5
+
+    def model_coordinates(self, axis: int, canonical_index: np.ndarray) -> np.ndarray:
+        """Continuous model grid index along ``axis`` of canonical-input indices."""
+        scale = self.shape[axis] / self.canonical_shape[axis]
+        return (canonical_index + 0.5) * scale - 0.5
+
+
+def canonical(image: Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The image's array in RAS voxel order (a view where possible).
+
+    Returns (array (I', J', K'), its affine (4, 4), ornt used).
+    """
+    ornt = orientations.io_orientation(image.affine)
+    array = orientations.apply_orientation(image.array, ornt)
+    affine = image.affine @ orientations.inv_ornt_aff(ornt, image.shape)
+    return array, affine, ornt
+
+
+def model_grid(image: Image, spacing_mm: tuple[float, float, float]) -> ModelGrid:
+    """The model grid for ``image`` at ``spacing_mm``: same field of view, shape rounded."""
+    _, canonical_affine, ornt = canonical(image)
+    canonical_shape = tuple(int(n) for n in orientations.apply_orientation(np.empty(image.shape, dtype=np.bool_), ornt).shape)
+    spacing = np.linalg.norm(canonical_affine[:3, :3], axis=0)
+    shape = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(canonical_shape, spacing, spacing_mm))
+    scale = np.array(canonical_shape) / np.array(shape)
+    voxel_map = np.eye(4)
+    voxel_map[:3, :3] = np.diag(scale)
+    voxel_map[:3, 3] = 0.5 * scale - 0.5
+    return ModelGrid(ornt, image.shape, canonical_shape, shape, canonical_affine @ voxel_map)
+
+
+def resample(array: np.ndarray, shape: tuple[int, int, int], clip: tuple[float, float] | None = None) -> torch.Tensor:
+    """Resize a 3D array to ``shape`` with linear interpolation, antialiased when shrinking.
+
+    array: (I, J, K) any numeric dtype; returns float32 tensor of ``shape``. Values are
+    clipped to ``clip`` before interpolation. Works on slabs of K so that a large scan never
+    exists as a full float32 copy.
+    """
+    planes = []
+    for k0 in range(0, array.shape[2], SLAB_SLICES):
+        slab = torch.from_numpy(np.ascontiguousarray(array[:, :, k0 : k0 + SLAB_SLICES], dtype=np.float32))
+        if clip is not None:
+            slab.clamp_(*clip)
+        slab = slab.permute(2, 0, 1).unsqueeze(1)  # (k, 1, I, J)
+        if tuple(slab.shape[2:]) != shape[:2]:
+            slab = F.interpolate(slab, size=shape[:2], mode="bilinear", antialias=True, align_corners=False)
+        planes.append(slab[:, 0])
+    stack = torch.cat(planes)  # (K, I', J')
+    if stack.shape[0] != shape[2]:
+        flat = stack.reshape(1, 1, stack.shape[0], -1)
+        flat = F.interpolate(flat, size=(shape[2], flat.shape[-1]), mode="bilinear", antialias=True, align_corners=False)
+        stack = flat.reshape(shape[2], shape[0], shape[1])
+    return stack.permute(1, 2, 0).contiguous()
+
+
+def normalise(hu: torch.Tensor, hu_window: tuple[float, float]) -> torch.Tensor:
+    """Clip HU to the window and scale it linearly to [-1, 1] (in place, returned)."""
+    low, high = hu_window
+    return hu.clamp_(low, high).sub_((low + high) / 2).div_((high - low) / 2)
+
+
+def preprocess(image: Image, spec: Preprocessing) -> tuple[torch.Tensor, ModelGrid]:
+    """CT Image -> (normalised float32 tensor of grid.shape, ModelGrid)."""
+    grid = model_grid(image, spec.spacing_mm)
+    array, _, _ = canonical(image)
+    resampled = resample(array, grid.shape, clip=spec.hu_window)
+    return normalise(resampled, spec.hu_window), grid
+
+
+def labels_to_model_grid(labels: Image, grid: ModelGrid) -> np.ndarray:
+    """A labelmap on the input grid, nearest-neighbour resampled onto the model grid (uint8)."""
+    array, _, _ = canonical(labels)
+    index = [
+        np.clip(np.round(grid.canonical_coordinates(axis, np.arange(grid.shape[axis]))), 0, grid.canonical_shape[axis] - 1).astype(np.intp)
+        for axis in range(3)
+    ]
+    return np.ascontiguousarray(array[np.ix_(*index)], dtype=np.uint8)

@@ -1,0 +1,84 @@
+"""Predicted organs from the model grid back onto the input grid, at sub-voxel precision.
+
+For each organ only its own probability channel is interpolated, and only inside its
+bounding box; a full-resolution multi-channel probability volume is never built. The
+cleaned low-resolution mask decides inside/outside at each model voxel, and the
+probabilities place the boundary between voxel centres.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .organs import ORGANS
+from .preprocessing import ModelGrid
+
+MARGIN = 0.02  # keeps a cleaned voxel above, and a removed one below, the 0.5 threshold
+
+
+def labels_on_input_grid(probabilities: torch.Tensor, cleaned: np.ndarray, grid: ModelGrid) -> np.ndarray:
+    """Organ labels on the input grid.
+
+    probabilities: (C, X, Y, Z) float32 softmax on the model grid; cleaned: (X, Y, Z) uint8
+    cleaned argmax labels on the model grid. Returns uint8 of grid.input_shape, in the
+    input's voxel order.
+    """
+    labels = np.zeros(grid.canonical_shape, dtype=np.uint8)
+    score = np.zeros(grid.canonical_shape, dtype=np.float16)  # organ value of each labelled voxel
+    for organ in ORGANS:
+        mask = cleaned == organ.label
+        if not mask.any():
+            continue
+        low, high = _box(mask)
+        crop = tuple(slice(a, b + 1) for a, b in zip(low, high))
+        inside = torch.from_numpy(mask[crop])
+        value = probabilities[organ.label][crop]
+        value = torch.where(inside, value.clamp(min=0.5 + MARGIN), value.clamp(max=0.5 - MARGIN))
+        target = []
+        for axis in range(3):
+            first, last = _input_range(grid, axis, low[axis], high[axis])
+            coordinates = grid.model_coordinates(axis, np.arange(first, last + 1)) - low[axis]
+            value = _lerp_axis(value, axis, coordinates)
+            target.append(slice(first, last + 1))
+        target = tuple(target)
+        value = value.numpy()
+        hit = value > 0.5
+        hit &= value > score[target]
+        score[target][hit] = value[hit]
+        labels[target][hit] = organ.label
+    return grid.to_input_orientation(labels)
+
+
+def _box(mask: np.ndarray) -> tuple[list[int], list[int]]:
+    """Bounding box of a mask, widened by one voxel (the removed rim) within the array."""
+    low, high = [], []
+    for axis in range(3):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        low.append(max(int(present[0]) - 1, 0))
+        high.append(min(int(present[-1]) + 1, mask.shape[axis] - 1))
+    return low, high
+
+
+def _input_range(grid: ModelGrid, axis: int, low: int, high: int) -> tuple[int, int]:
+    """Input-grid indices whose model coordinate lies within [low, high] along ``axis``.
+
+    A box at the edge of the model grid extends to the edge of the input grid.
+    """
+    size, model_size = grid.canonical_shape[axis], grid.shape[axis]
+    first = 0 if low == 0 else int(np.ceil(grid.canonical_coordinates(axis, np.float64(low))))
+    last = size - 1 if high == model_size - 1 else int(np.floor(grid.canonical_coordinates(axis, np.float64(high))))
+    return min(max(first, 0), size - 1), min(max(last, 0), size - 1)
+
+
+def _lerp_axis(values: torch.Tensor, axis: int, coordinates: np.ndarray) -> torch.Tensor:
+    """Linear interpolation of ``values`` along ``axis`` at continuous indices (clamped)."""
+    coordinates = np.clip(coordinates, 0, values.shape[axis] - 1)
+    below = np.floor(coordinates).astype(np.int64)
+    above = np.minimum(below + 1, values.shape[axis] - 1)
+    shape = [1, 1, 1]
+    shape[axis] = len(coordinates)
+    weight = torch.from_numpy((coordinates - below).astype(np.float32)).reshape(shape)
+    a = values.index_select(axis, torch.from_numpy(below))
+    b = values.index_select(axis, torch.from_numpy(above))
+    return a + (b - a) * weight

@@ -1,0 +1,1 @@
+"""abdoseg_train: train the AbdoSeg V-Net on labelled CT and export a model bundle."""

@@ -1,0 +1,76 @@
+"""The ``abdoseg-train`` command line.
+
+    abdoseg-train fit --train CASES... [--validate CASES...] -o MODEL.safetensors [options]
+
+CASES are case folders (case.json + CT + label map) or folders of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from AbdoSegLib.errors import AbdoSegError
+
+from .cases import discover_cases
+from .fit import TrainConfig, fit
+
+
+def _triple(text: str) -> tuple[int, int, int]:
+    values = [int(v) for v in text.split(",")]
+    return tuple(values * 3 if len(values) == 1 else values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(prog="abdoseg-train", description="Train the AbdoSeg V-Net and export a model bundle.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    fit_parser = commands.add_parser("fit", help="train on labelled CT and export the best model")
+    fit_parser.add_argument("--train", type=Path, nargs="+", required=True, help="case folders or folders of cases")
+    fit_parser.add_argument("--validate", type=Path, nargs="*", default=[], help="held-out case folders")
+    fit_parser.add_argument("-o", "--output", type=Path, required=True, help="model bundle to write (.safetensors)")
+    fit_parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    fit_parser.add_argument("--iterations-per-epoch", type=int, default=defaults.iterations_per_epoch)
+    fit_parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    fit_parser.add_argument("--patch", type=_triple, default=defaults.patch, help="training patch, e.g. 80 or 96,96,64")
+    fit_parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="Adam learning rate")
+    fit_parser.add_argument("--width", type=int, default=defaults.width, help="channels of the first V-Net stage")
+    fit_parser.add_argument("--spacing", type=float, default=defaults.spacing_mm[0], help="model voxel size in mm (isotropic)")
+    fit_parser.add_argument("--validate-every", type=int, default=defaults.validate_every, help="epochs between validations")
+    fit_parser.add_argument("--seed", type=int, default=defaults.seed)
+    fit_parser.add_argument("--device", default=defaults.device)
+    fit_parser.add_argument("--name", default=defaults.name, help="model name recorded in the bundle")
+    fit_parser.add_argument("--cache", type=Path, default=None, help="folder for preprocessed cases")
+    fit_parser.add_argument("--force", action="store_true", help="replace an existing output file")
+    fit_parser.set_defaults(run=run_fit)
+    return parser
+
+
+def run_fit(args: argparse.Namespace) -> None:
+    if args.output.exists() and not args.force:
+        raise AbdoSegError(f"{args.output} already exists; choose another name or pass --force.")
+    train = [case for root in args.train for case in discover_cases(root)]
+    validation = [case for root in args.validate for case in discover_cases(root)]
+    config = TrainConfig(
+        spacing_mm=(args.spacing,) * 3, width=args.width, patch=args.patch, batch_size=args.batch_size,
+        epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, learning_rate=args.lr,
+        validate_every=args.validate_every, seed=args.seed, device=args.device, name=args.name,
+    )
+    best = fit(train, validation, config, args.output, args.cache)
+    print(json.dumps({"model": str(args.output), "validation": best}, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except AbdoSegError as error:
+        print(f"abdoseg-train: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
