@@ -48,7 +48,10 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
         raise AbdoSegError(f"cannot write {path}: its parent folder {parent} does not exist.")
     if not os.access(parent, os.W_OK):
         raise AbdoSegError(f"cannot write {path}: the folder {parent} is not writable.")
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=parent))
+    except OSError as error:
+        raise AbdoSegError(f"cannot create the output folder {path} in {parent} ({error.strerror}).") from None
     try:
         yield staging
         if path.exists():

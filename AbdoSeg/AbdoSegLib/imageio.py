@@ -1,13 +1,16 @@
-"""Reading and writing volumes: NIfTI, NRRD and DICOM series, through SimpleITK.
+"""Reading and writing volumes: NIfTI, NRRD and DICOM series.
 
-SimpleITK (ITK's GDCM for DICOM, including JPEG-2000 slices) gives LPS geometry; it is
-converted to the engine's RAS affine here, at the edge, and nowhere else.
+NIfTI is read with nibabel (SimpleITK's NIfTI reader fills a truncated file with zeros
+without a word); NRRD, MetaImage and DICOM series (ITK's GDCM, JPEG-2000 included) with
+SimpleITK, whose LPS geometry is converted to the engine's RAS affine here, at the edge.
 """
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
@@ -18,6 +21,9 @@ from .image import Image
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 READABLE = ".nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd or a DICOM series folder"
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warnings are not for users; errors still raise
 
 
 def read_image(path: str | Path) -> Image:
@@ -30,8 +36,10 @@ def read_image(path: str | Path) -> Image:
     if not path.exists():
         raise AbdoSegError(f"{path} does not exist.")
     try:
+        if path.name.lower().endswith(NIFTI_SUFFIXES):
+            return _read_nifti(path)
         itk_image = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
-    except RuntimeError as error:
+    except (RuntimeError, OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as error:
         raise AbdoSegError(
             f"{path} could not be read as an image ({_first_line(error)}); "
             f"it may be truncated or in another format (readable: {READABLE})."
@@ -71,13 +79,30 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     return reader.Execute()
 
 
+def _read_nifti(path: Path) -> Image:
+    nifti = nib.load(str(path))
+    shape = nifti.shape
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    _check_3d(path, len(shape), shape)
+    array = np.asarray(nifti.dataobj.get_unscaled()).reshape(shape)
+    slope, inter = nifti.dataobj.slope, nifti.dataobj.inter
+    if (slope, inter) != (1.0, 0.0):
+        array = array.astype(np.float32) * np.float32(slope) + np.float32(inter)
+    return Image(array, nifti.affine)
+
+
+def _check_3d(path: Path, dimension: int, size: tuple[int, ...]) -> None:
+    if dimension != 3 or min(size) < 2:
+        shape = "x".join(str(s) for s in size)
+        kind = f"{dimension}D" if dimension != 3 else "2D (a single slice)"
+        raise AbdoSegError(f"{path} is a {kind} image of size {shape}; a 3D volume is needed.")
+
+
 def _to_image(itk_image: sitk.Image, path: Path) -> Image:
     if itk_image.GetNumberOfComponentsPerPixel() != 1:
         raise AbdoSegError(f"{path} has {itk_image.GetNumberOfComponentsPerPixel()} values per voxel; a scalar 3D image is needed.")
-    size = itk_image.GetSize()
-    if itk_image.GetDimension() != 3 or min(size) < 2:
-        shape = "x".join(str(s) for s in size)
-        raise AbdoSegError(f"{path} is a {itk_image.GetDimension()}D image of size {shape}; a 3D volume is needed.")
+    _check_3d(path, itk_image.GetDimension(), itk_image.GetSize())
     direction = np.array(itk_image.GetDirection()).reshape(3, 3)
     affine_lps = np.eye(4)
     affine_lps[:3, :3] = direction * np.array(itk_image.GetSpacing())
@@ -88,6 +113,8 @@ def _to_image(itk_image: sitk.Image, path: Path) -> Image:
 
 
 def _first_line(error: Exception) -> str:
+    """The informative line of a reader's error (ITK messages start with source locations)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    detail = lines[-1] if lines else type(error).__name__
-    return detail.split(": ", 1)[-1][:160]
+    useful = [line for line in lines if not (line.startswith("Exception thrown") or ".hxx" in line or ".cxx" in line)]
+    detail = (useful or lines or [type(error).__name__])[0]
+    return detail.split("): ", 1)[-1].rstrip(".")[:160]

@@ -10,14 +10,22 @@ from tqdm import tqdm
 
 
 class JsonProgress:
-    """Prints {"stage", "fraction", "message"} as one JSON line per update (flushed)."""
+    """Prints {"stage", "fraction", "message"} as one JSON line per update (flushed).
+
+    If the reader goes away (a closed pipe), reporting stops; the work goes on.
+    """
 
     def __init__(self, stream: TextIO = sys.stdout):
-        self.stream = stream
+        self.stream: TextIO | None = stream
 
     def __call__(self, stage: str, fraction: float, message: str) -> None:
-        self.stream.write(json.dumps({"stage": stage, "fraction": round(fraction, 4), "message": message}) + "\n")
-        self.stream.flush()
+        if self.stream is None:
+            return
+        try:
+            self.stream.write(json.dumps({"stage": stage, "fraction": round(fraction, 4), "message": message}) + "\n")
+            self.stream.flush()
+        except (BrokenPipeError, ValueError):
+            self.stream = None
 
     def close(self) -> None:
         """Nothing to release (a line is complete when written)."""

@@ -1,0 +1,93 @@
+"""Shared fixtures of the engine tests.
+
+Real CT lives outside the repository, in ``<repo>/../shared/data`` (see its README.md); the
+tests that need it fail, never skip, when it is missing, so that a CI machine without the
+data cannot pass silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from AbdoSegLib.bundle import ModelBundle, load_bundle, save_bundle
+from AbdoSegLib.image import Image
+from AbdoSegLib.imageio import read_image
+from AbdoSegLib.preprocessing import Preprocessing
+from AbdoSegLib.vnet import VNet, VNetConfig
+
+# Small and predictable on a 2-core CI machine.
+torch.set_num_threads(2)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+TINY_CONFIG = VNetConfig(width=4, depth=2, convs_per_stage=(1, 1, 1))
+TINY_PREPROCESSING = Preprocessing((3.0, 3.0, 3.0), (-200.0, 400.0))
+TINY_PATCH = (32, 32, 32)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """``<repo>/../shared/data``; a missing folder is a test failure, not a skip."""
+    assert SHARED_DATA.is_dir(), f"the test data folder {SHARED_DATA} is missing (see DESIGN.md, 'Data for development and tests')"
+    return SHARED_DATA
+
+
+def _read_only(image: Image) -> Image:
+    """Session-wide images are shared between tests: make accidental edits raise."""
+    image.array.setflags(write=False)
+    return image
+
+
+@pytest.fixture(scope="session")
+def ts_example_ct(data_dir: Path) -> Image:
+    """ts_example CT: 122x101x112 voxels of 3 mm, RAS, int32 HU (read-only array)."""
+    return _read_only(read_image(data_dir / "ts_example" / "ct.nii.gz"))
+
+
+@pytest.fixture(scope="session")
+def ts_dicom_ct(data_dir: Path) -> Image:
+    """ts_dicom series: 512x512x20 voxels of 0.977x0.977x2 mm, LPS voxel order (read-only array)."""
+    return _read_only(read_image(data_dir / "ts_dicom" / "dicom"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight V-Net bundle (width 4, depth 2): exercises the mechanics, segments nothing real."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(20240601)
+        network = VNet(TINY_CONFIG)
+    path = tmp_path_factory.mktemp("bundle") / "tiny-vnet.safetensors"
+    save_bundle(
+        path,
+        network,
+        TINY_PREPROCESSING,
+        TINY_PATCH,
+        name="tiny-test-vnet",
+        created="2024-06-01T00:00:00Z",
+        training={"note": "random weights; a test fixture, not a model"},
+        validation={},
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_bundle(tiny_bundle_path: Path) -> ModelBundle:
+    """The fixture bundle, loaded (network in eval mode on the CPU)."""
+    return load_bundle(tiny_bundle_path)
+
+
+def voxel_world(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """World (RAS mm) position of every voxel centre: array of shape (*shape, 3)."""
+    index = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"), axis=-1)
+    return index @ affine[:3, :3].T + affine[:3, 3]
+
+
+def box_corners(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """World positions of the 8 outer corners of a grid's field of view (voxel edges, not centres), sorted."""
+    corners = np.array([[a, b, c] for a in (-0.5, shape[0] - 0.5) for b in (-0.5, shape[1] - 0.5) for c in (-0.5, shape[2] - 0.5)])
+    world = corners @ affine[:3, :3].T + affine[:3, 3]
+    return world[np.lexsort(np.round(world, 3).T[::-1])]
