@@ -15,7 +15,8 @@ import pytest
 import slicerio
 import torch
 
-from AbdoSegLib.cli import LABELS_FILE, SEGMENTATION_FILE, SUMMARY_FILE, main
+from AbdoSegLib.cli import main
+from AbdoSegLib.commands.segment import LABELS_FILE, SEGMENTATION_FILE, SUMMARY_FILE
 from AbdoSegLib.imageio import read_image
 from AbdoSegLib.organs import ORGANS
 from AbdoSegLib.resources import SAMPLE_CT

@@ -1,4 +1,4 @@
-"""The ``abdoseg`` command line.
+"""The ``abdoseg`` command line; each subcommand lives in ``commands/``.
 
     abdoseg segment CT -o OUTDIR [--model BUNDLE] [--device auto|cpu|cuda] [--progress ...] [--force]
     abdoseg info [BUNDLE]
@@ -9,100 +9,20 @@ A problem with the input ends with one sentence on stderr and exit code 1.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
-from pathlib import Path
 
 from . import __version__
-from .atomic import atomic_directory, atomic_path
-from .bundle import load_bundle, read_metadata
-from .ctcheck import check_ct
+from .commands import ALL as COMMANDS
 from .errors import AbdoSegError
-from .imageio import read_image, write_image
-from .predict import segment
-from .progress import make_progress
-from .resources import DEFAULT_BUNDLE
-from .segfile import write_segmentation
-from .summary import organ_measurements
-
-LABELS_FILE = "labels.nii.gz"
-SEGMENTATION_FILE = "segmentation.seg.nrrd"
-SUMMARY_FILE = "summary.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="abdoseg", description="Segment the liver, kidneys and spleen in abdominal CT.")
     parser.add_argument("--version", action="version", version=f"abdoseg {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    seg = commands.add_parser("segment", help="segment a CT (NIfTI, NRRD or a DICOM series folder)")
-    seg.add_argument("ct", type=Path, help="CT file or DICOM series folder")
-    seg.add_argument("-o", "--output", type=Path, required=True, help="output folder (created; must not exist unless --force)")
-    seg.add_argument("--model", type=Path, default=DEFAULT_BUNDLE, help="model bundle (default: the bundled model)")
-    seg.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
-    seg.add_argument("--progress", choices=["auto", "bar", "json", "none"], default="auto",
-                     help="a bar on a terminal (auto), JSON lines for programs (json), or nothing")
-    seg.add_argument("--force", action="store_true", help="replace an existing output folder")
-    seg.set_defaults(run=run_segment)
-
-    info = commands.add_parser("info", help="print a model bundle's metadata")
-    info.add_argument("model", type=Path, nargs="?", default=DEFAULT_BUNDLE, help="model bundle (default: the bundled model)")
-    info.set_defaults(run=run_info)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.register(subparsers)
     return parser
-
-
-def run_segment(args: argparse.Namespace) -> None:
-    progress = make_progress(args.progress)
-    timings: dict[str, float] = {}
-    with atomic_directory(args.output, overwrite=args.force) as staging:
-        start = time.perf_counter()
-        bundle = load_bundle(args.model)
-        timings["load_model"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        progress("read", 0.0, f"reading {args.ct}")
-        ct = read_image(args.ct)
-        check_ct(ct, str(args.ct))
-        timings["read"] = time.perf_counter() - start
-
-        prediction = segment(ct, bundle, args.device, progress)
-        timings.update(prediction.timings_s)
-
-        start = time.perf_counter()
-        progress("write", 0.0, f"writing {args.output}")
-        write_image(prediction.labels, staging / LABELS_FILE)
-        write_segmentation(prediction.labels, staging / SEGMENTATION_FILE)
-        organs = organ_measurements(prediction.labels, ct)
-        timings["write"] = time.perf_counter() - start
-        timings["total"] = sum(timings.values())
-        summary = {
-            "input": str(args.ct),
-            "grid": {"shape": list(ct.shape), "spacing_mm": [round(float(s), 4) for s in ct.spacing]},
-            "organs": organs,
-            "device": prediction.device,
-            "model": {"id": bundle.model_id, "name": bundle.metadata.get("name"), "sha256": bundle.sha256, "path": str(bundle.path)},
-            "timings_s": {stage: round(seconds, 3) for stage, seconds in timings.items()},
-            "abdoseg_version": __version__,
-        }
-        with atomic_path(staging / SUMMARY_FILE) as temporary:
-            temporary.write_text(json.dumps(summary, indent=2) + "\n")
-        progress("done", 1.0, f"wrote {args.output}")
-    progress.close()
-    if args.progress != "json":
-        print_organs(organs, args.output)
-
-
-def print_organs(organs: dict[str, dict], output: Path) -> None:
-    print(f"{'organ':<14}{'volume (mL)':>12}{'mean HU':>10}")
-    for name, values in organs.items():
-        mean_hu = "-" if values["mean_hu"] is None else f"{values['mean_hu']:.0f}"
-        print(f"{name:<14}{values['volume_ml']:>12.1f}{mean_hu:>10}")
-    print(f"results in {output}")
-
-
-def run_info(args: argparse.Namespace) -> None:
-    print(json.dumps(read_metadata(args.model), indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:

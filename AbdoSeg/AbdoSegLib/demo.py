@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from .bundle import read_metadata
-from .cli import LABELS_FILE, main as abdoseg
+from .cli import main as abdoseg
+from .commands.segment import LABELS_FILE
 from .imageio import read_image
 from .metrics import dice_per_organ
 from .resources import DEFAULT_BUNDLE, SAMPLE_CASE_ID, SAMPLE_CT, SAMPLE_REFERENCE

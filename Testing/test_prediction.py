@@ -1,0 +1,356 @@
+"""Prediction: sliding-window inference, segment() on real CT, clean-up, and the way back to the input grid."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from AbdoSegLib import predict
+from AbdoSegLib.cleanup import clean_labels
+from AbdoSegLib.image import Image
+from AbdoSegLib.predict import count_windows, infer_probabilities, segment
+from AbdoSegLib.preprocessing import canonical, model_grid
+from AbdoSegLib.upsampling import labels_on_input_grid
+from conftest import voxel_world
+
+CPU = torch.device("cpu")
+NUM_CLASSES = 5
+
+
+def _volume(shape, seed=0) -> torch.Tensor:
+    """A normalised CT-like volume: smooth structures in [-1, 1]."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn((1, 1, *shape), generator=generator)
+    smooth = F.avg_pool3d(noise, 5, stride=1, padding=2, count_include_pad=False)[0, 0]
+    return (smooth * 3).clamp(-1, 1)
+
+
+def _single_pass(network: nn.Module, volume: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.softmax(network(volume[None, None])[0], dim=0)
+
+
+def _conv_net(kernel: int, seed: int) -> nn.Module:
+    """Three convolutions with tanh between, no normalisation: each output voxel depends only on
+    the input within (kernel // 2) * 3 voxels of it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        p = kernel // 2
+        return nn.Sequential(
+            nn.Conv3d(1, 8, kernel, padding=p), nn.Tanh(),
+            nn.Conv3d(8, 8, kernel, padding=p), nn.Tanh(),
+            nn.Conv3d(8, NUM_CLASSES, kernel, padding=p),
+        ).eval()
+
+
+# --- sliding window -------------------------------------------------------------------
+
+
+def test_window_covering_the_volume_equals_a_single_pass(tiny_model_bundle):
+    """With instance normalisation a window's output depends on the whole window, so only a
+    window that holds the whole volume can equal a single pass; then it must, to float rounding
+    (the Gaussian weight divides out)."""
+    network = tiny_model_bundle.network
+    volume = _volume((24, 28, 20))
+    probabilities = infer_probabilities(network, volume, (24, 28, 20), 0.25, CPU)
+    torch.testing.assert_close(probabilities, _single_pass(network, volume), rtol=0, atol=2e-6)
+
+
+def test_window_larger_than_the_volume_is_one_pass_over_the_padded_volume(tiny_model_bundle):
+    """MONAI pads a volume smaller than the window with 0 (the middle of the HU window), half
+    before and half after, runs one window and crops the padding off again."""
+    network = tiny_model_bundle.network
+    shape, roi = (21, 26, 19), (32, 32, 32)
+    volume = _volume(shape, seed=1)
+    before = [(r - n) // 2 for n, r in zip(shape, roi)]
+    after = [r - n - b for n, r, b in zip(shape, roi, before)]
+    padded = F.pad(volume, [before[2], after[2], before[1], after[1], before[0], after[0]])
+    expected = _single_pass(network, padded)[:, before[0] : before[0] + shape[0], before[1] : before[1] + shape[1], before[2] : before[2] + shape[2]]
+    probabilities = infer_probabilities(network, volume, roi, 0.25, CPU)
+    assert probabilities.shape == (NUM_CLASSES, *shape)
+    torch.testing.assert_close(probabilities, expected, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("overlap", [0.25, 0.5])
+def test_blended_windows_of_a_pointwise_network_equal_a_single_pass(overlap):
+    """A network without normalisation and with 1x1x1 kernels gives every window exactly the
+    single-pass values, so the blend must reproduce the single pass everywhere: this checks that
+    each window's output goes back where its input came from and that the weights are normalised."""
+    network = _conv_net(kernel=1, seed=3)
+    volume = _volume((40, 36, 44), seed=2)
+    calls = []
+    probabilities = infer_probabilities(network, volume, (16, 16, 16), overlap, CPU, progress=lambda *a: calls.append(a))
+    assert len(calls) == count_windows((40, 36, 44), (16, 16, 16), overlap) > 8
+    torch.testing.assert_close(probabilities, _single_pass(network, volume), rtol=0, atol=1e-6)
+
+
+def _window_starts(n: int, roi: int, overlap: float) -> list[int]:
+    """MONAI's window placement along one axis: every int(roi * (1 - overlap)) voxels, the last
+    window flush with the end of the volume."""
+    if roi >= n:
+        return [0]
+    step = max(int(roi * (1 - overlap)), 1)
+    starts = []
+    for d in itertools.count():
+        if d * step + roi >= n:
+            return starts + [n - roi]
+        starts.append(d * step)
+
+
+def _clean_voxels(n: int, roi: int, overlap: float, reach: int) -> tuple[np.ndarray, np.ndarray]:
+    """Along one axis: voxels at least ``reach`` voxels inside every window that covers them
+    (a window face on the volume border does not count: there the window and the single pass
+    see the same zero padding), and the number of windows covering each voxel."""
+    clean, cover = np.ones(n, bool), np.zeros(n, int)
+    for start in _window_starts(n, roi, overlap):
+        inside = np.arange(start, start + roi)
+        cover[inside] += 1
+        ok = np.ones(roi, bool)
+        if start > 0:
+            ok &= inside - start >= reach
+        if start + roi < n:
+            ok &= start + roi - 1 - inside >= reach
+        clean[inside] &= ok
+    return clean, cover
+
+
+@pytest.mark.parametrize("roi, overlap", [((24, 24, 24), 0.25), ((16, 16, 16), 0.5)])
+def test_blended_windows_of_a_convolution_stack_equal_a_single_pass_away_from_window_faces(roi, overlap):
+    """3x3x3 kernels: a window's output differs from the single pass within 3 voxels of its
+    faces (zero padding there instead of the neighbouring CT). Measured: up to ~0.1 in
+    probability there, because the Gaussian weights (clamped at 1e-3 of the centre) still mix
+    those voxels in. Everywhere else every window gives the single-pass value, so the blend
+    must reproduce it to float rounding."""
+    shape, reach = (40, 36, 44), 3
+    network = _conv_net(kernel=3, seed=4)
+    volume = _volume(shape, seed=5)
+    probabilities = infer_probabilities(network, volume, roi, overlap, CPU)
+    single = _single_pass(network, volume)
+    per_axis = [_clean_voxels(n, r, overlap, reach) for n, r in zip(shape, roi)]
+    clean = np.ix_(*[np.flatnonzero(c) for c, _ in per_axis])
+    covered_twice = [(c & (k >= 2)).any() for c, k in per_axis]
+    assert all(covered_twice), "the comparison must include voxels where windows are blended"
+    difference = (probabilities - single).abs().numpy()
+    assert difference[(slice(None), *clean)].max() < 1e-6
+    # the mask matters: near window faces the blend really differs from a single pass
+    assert difference.max() > 1e-3
+
+
+def test_probabilities_are_a_distribution(tiny_model_bundle):
+    volume = _volume((40, 36, 44), seed=6)
+    calls = []
+    probabilities = infer_probabilities(tiny_model_bundle.network, volume, (16, 16, 16), 0.25, CPU, progress=lambda *a: calls.append(a))
+    assert probabilities.shape == (NUM_CLASSES, 40, 36, 44) and probabilities.dtype == torch.float32
+    assert float(probabilities.min()) >= 0.0 and float(probabilities.max()) <= 1.0
+    torch.testing.assert_close(probabilities.sum(dim=0), torch.ones(40, 36, 44), rtol=0, atol=1e-5)
+    # progress: one call per window, fractions rising to exactly 1
+    fractions = [fraction for stage, fraction, _ in calls]
+    assert len(calls) == count_windows((40, 36, 44), (16, 16, 16), 0.25)
+    assert all(stage == "inference" for stage, _, _ in calls)
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+# --- segment() on real CT -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ts_example_prediction(ts_example_ct, tiny_model_bundle) -> predict.Prediction:
+    return segment(ts_example_ct, tiny_model_bundle, device="cpu")
+
+
+def test_segment_labels_lie_on_the_input_grid(ts_example_ct, ts_example_prediction):
+    labels = ts_example_prediction.labels
+    assert labels.shape == ts_example_ct.shape == (122, 101, 112)
+    np.testing.assert_array_equal(labels.affine, ts_example_ct.affine)
+    assert labels.array.dtype == np.uint8
+    assert set(np.unique(labels.array)) <= {0, 1, 2, 3, 4}
+    assert ts_example_prediction.device == "cpu"
+    assert {"preprocess", "inference", "postprocess"} <= set(ts_example_prediction.timings_s)
+
+
+def test_segment_is_deterministic(ts_example_ct, tiny_model_bundle, ts_example_prediction):
+    again = segment(ts_example_ct, tiny_model_bundle, device="cpu")
+    np.testing.assert_array_equal(again.labels.array, ts_example_prediction.labels.array)
+
+
+def test_segment_dicom_labels_lie_on_the_input_grid(ts_dicom_ct, tiny_model_bundle):
+    labels = segment(ts_dicom_ct, tiny_model_bundle, device="cpu").labels
+    assert labels.shape == (512, 512, 20)
+    np.testing.assert_array_equal(labels.affine, ts_dicom_ct.affine)
+    assert labels.array.dtype == np.uint8
+
+
+def _crop(image: Image, box) -> Image:
+    origin = np.array([s.indices(n)[0] for s, n in zip(box, image.shape)] + [1.0])
+    affine = image.affine.copy()
+    affine[:, 3] = image.affine @ origin
+    return Image(np.ascontiguousarray(image.array[box]), affine)
+
+
+def _stored_otherwise(image: Image) -> Image:
+    """The same voxels stored as (k, i, j) with the new first axis reversed."""
+    array = np.ascontiguousarray(image.array.transpose(2, 0, 1)[::-1])
+    permute = np.zeros((4, 4))
+    permute[3, 3] = 1
+    permute[2, 0], permute[0, 1], permute[1, 2] = -1, 1, 1  # new axis 0 = old k reversed
+    permute[2, 3] = image.shape[2] - 1
+    return Image(array, image.affine @ permute)
+
+
+def test_segment_labels_follow_the_input_voxel_order(ts_example_ct, tiny_model_bundle):
+    """The same CT stored in another voxel order gets the same labels, in that order."""
+    crop = _crop(ts_example_ct, (slice(20, 84), slice(10, 74), slice(30, 78)))
+    other = _stored_otherwise(crop)
+    np.testing.assert_array_equal(other.array[5, 7, 9], crop.array[7, 9, crop.shape[2] - 1 - 5])
+    labels = segment(crop, tiny_model_bundle, device="cpu").labels.array
+    other_labels = segment(other, tiny_model_bundle, device="cpu").labels.array
+    assert labels.any()
+    np.testing.assert_array_equal(other_labels, np.ascontiguousarray(labels.transpose(2, 0, 1)[::-1]))
+
+
+def test_segment_of_lps_dicom_matches_segment_of_its_ras_copy(ts_dicom_ct, tiny_model_bundle):
+    crop = _crop(ts_dicom_ct, (slice(128, 384), slice(128, 384), slice(None)))
+    ras_array, ras_affine, _ = canonical(crop)
+    ras = Image(np.ascontiguousarray(ras_array), ras_affine)
+    labels = segment(crop, tiny_model_bundle, device="cpu").labels
+    ras_labels = segment(ras, tiny_model_bundle, device="cpu").labels
+    assert labels.array.any()
+    np.testing.assert_array_equal(canonical(labels)[0], ras_labels.array)
+
+
+# --- clean-up -------------------------------------------------------------------------
+
+
+def _ball(shape, centre, radius) -> np.ndarray:
+    grid = np.indices(shape).transpose(1, 2, 3, 0)
+    return np.linalg.norm(grid - np.array(centre), axis=-1) <= radius
+
+
+def test_clean_labels_keeps_the_largest_component_of_each_organ():
+    shape = (40, 40, 40)
+    labels = np.zeros(shape, np.uint8)
+    labels[_ball(shape, (12, 20, 20), 8)] = 1  # liver
+    labels[_ball(shape, (33, 33, 33), 2)] = 1  # a stray liver island
+    labels[30:37, 5:12, 5:12] = 4  # spleen
+    labels[2:4, 2:4, 30:32] = 4  # a stray spleen island
+    labels[30:33, 20:23, 2:5] = 2  # right kidney: one piece, kept
+    cleaned = clean_labels(labels)
+    assert cleaned.dtype == np.uint8 and cleaned.shape == shape
+    np.testing.assert_array_equal(cleaned == 1, _ball(shape, (12, 20, 20), 8))
+    expected_spleen = np.zeros(shape, bool)
+    expected_spleen[30:37, 5:12, 5:12] = True
+    np.testing.assert_array_equal(cleaned == 4, expected_spleen)
+    np.testing.assert_array_equal(cleaned == 2, labels == 2)
+    assert not (cleaned == 3).any()
+    assert (cleaned[labels == 0] == 0).all()  # nothing appears out of the background
+
+
+def test_clean_labels_counts_diagonal_neighbours_as_connected():
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[2:4, 2:4, 2:4] = 1
+    labels[4, 4, 4] = 1  # touches the cube only at a corner
+    labels[8, 8, 8] = 1  # really separate
+    cleaned = clean_labels(labels)
+    assert cleaned[4, 4, 4] == 1 and cleaned[8, 8, 8] == 0 and (cleaned[2:4, 2:4, 2:4] == 1).all()
+
+
+def test_clean_labels_fills_an_enclosed_hole_but_not_another_organ():
+    shape = (30, 30, 30)
+    labels = np.zeros(shape, np.uint8)
+    liver = _ball(shape, (15, 15, 15), 10)
+    hole = _ball(shape, (15, 15, 15), 3)
+    labels[liver & ~hole] = 1
+    labels[15, 15, 8] = 0  # a second, one-voxel hole
+    labels[15, 15, 20] = 4  # a spleen voxel enclosed by the liver stays spleen
+    cleaned = clean_labels(labels)
+    expected = liver.copy()
+    expected[15, 15, 20] = False
+    np.testing.assert_array_equal(cleaned == 1, expected)
+    assert cleaned[15, 15, 20] == 4
+    # a notch open to the outside is not a hole
+    notched = labels.copy()
+    notched[15, 15, 0:12] = 0
+    assert (clean_labels(notched)[15, 15, 0:5] == 0).all()
+
+
+# --- back to the input grid -----------------------------------------------------------
+
+
+def _sphere_probabilities(grid, centre, radius, organ, blobs=()) -> torch.Tensor:
+    """Probabilities on the model grid: organ = sigmoid((radius - r) / 1 mm), background the rest."""
+    world = voxel_world(grid.affine, grid.shape)
+    p = 1.0 / (1.0 + np.exp(-(radius - np.linalg.norm(world - np.asarray(centre), axis=-1)) / 1.0))
+    for blob_centre, blob_radius in blobs:
+        p = np.maximum(p, 1.0 / (1.0 + np.exp(-(blob_radius - np.linalg.norm(world - np.asarray(blob_centre), axis=-1)) / 1.0)))
+    probabilities = np.zeros((NUM_CLASSES, *grid.shape), np.float32)
+    probabilities[organ] = p
+    probabilities[0] = 1.0 - p
+    return torch.from_numpy(probabilities)
+
+
+def _to_input_grid(probabilities: torch.Tensor, grid) -> np.ndarray:
+    cleaned = clean_labels(probabilities.argmax(dim=0).to(torch.uint8).numpy())
+    return labels_on_input_grid(probabilities, cleaned, grid)
+
+
+FINE_GRIDS = {
+    # 90 voxels of 1 mm -> 30 model voxels of 3 mm
+    "ras": (np.array([[1.0, 0, 0, -44.5], [0, 1.0, 0, -44.5], [0, 0, 1.0, -44.5], [0, 0, 0, 1]]), (90, 90, 90)),
+    # another voxel order (i -> P, j -> S, k -> L) and a size that 3 mm does not divide
+    "permuted": (np.array([[0, 0, -1.0, 40.0], [-1.0, 0, 0, 44.5], [0, 1.0, 0, -35.0], [0, 0, 0, 1]]), (91, 70, 80)),
+}
+
+
+@pytest.mark.parametrize("organ", [1, 4])
+@pytest.mark.parametrize("name", FINE_GRIDS)
+def test_labels_on_input_grid_reproduce_a_smooth_sphere(name, organ):
+    affine, shape = FINE_GRIDS[name]
+    grid = model_grid(Image(np.zeros(shape, np.int16), affine), (3.0, 3.0, 3.0))
+    centre, radius = np.array([3.2, -5.1, 7.7]), 25.0
+    labels = _to_input_grid(_sphere_probabilities(grid, centre, radius, organ), grid)
+    assert labels.shape == shape and labels.dtype == np.uint8
+    assert set(np.unique(labels)) == {0, organ}
+    r = np.linalg.norm(voxel_world(affine, shape) - centre, axis=-1)
+    truth, got = r < radius, labels == organ
+    dice = 2 * (truth & got).sum() / (truth.sum() + got.sum())
+    assert dice > 0.99
+    # the only mistakes lie within one fine voxel (1 mm) of the true surface
+    wrong = truth != got
+    assert np.abs(r[wrong] - radius).max(initial=0.0) < 1.0
+
+
+@pytest.mark.parametrize("side", ["low", "high"])
+def test_sphere_touching_the_edge_is_labelled_up_to_the_edge(side):
+    """The outermost input voxels lie outside the outermost model voxel centres (1 mm beyond
+    them here): the organ must still reach them."""
+    affine, shape = FINE_GRIDS["ras"]
+    grid = model_grid(Image(np.zeros(shape, np.int16), affine), (3.0, 3.0, 3.0))
+    centre, radius = np.array([-45.0 if side == "low" else 45.0, 2.0, -1.0]), 20.0  # centred on the face
+    labels = _to_input_grid(_sphere_probabilities(grid, centre, radius, 1), grid)
+    edge = 0 if side == "low" else shape[0] - 1
+    r = np.linalg.norm(voxel_world(affine, shape) - centre, axis=-1)[edge]
+    truth, got = r < radius, labels[edge] == 1
+    assert truth.sum() > 1000
+    wrong = truth != got
+    assert np.abs(r[wrong] - radius).max(initial=0.0) < 1.0
+    assert got[r < radius - 1.0].all()
+
+
+def test_component_removed_by_clean_up_stays_removed_on_the_input_grid():
+    """A confident stray blob that clean-up removed must not come back through the probabilities,
+    even inside the bounding box of the organ that is kept."""
+    affine, shape = FINE_GRIDS["ras"]
+    grid = model_grid(Image(np.zeros(shape, np.int16), affine), (3.0, 3.0, 3.0))
+    centre, blob = np.zeros(3), np.array([22.0, 22.0, 22.0])  # blob 9 mm beyond the organ's surface
+    probabilities = _sphere_probabilities(grid, centre, 25.0, 1, blobs=[(blob, 4.0)])
+    model_r_blob = np.linalg.norm(voxel_world(grid.affine, grid.shape) - blob, axis=-1)
+    assert (probabilities.argmax(dim=0).numpy()[model_r_blob < 2.0] == 1).all()  # the blob is predicted
+    labels = _to_input_grid(probabilities, grid)
+    world = voxel_world(affine, shape)
+    assert not (labels[np.linalg.norm(world - blob, axis=-1) < 7.0] == 1).any()
+    assert (labels[np.linalg.norm(world - centre, axis=-1) < 24.0] == 1).all()

@@ -1,0 +1,115 @@
+"""The training package: augmentation keeps laterality right, partial labels, a smoke run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from AbdoSegLib.bundle import load_bundle
+from AbdoSegLib.cli import main as abdoseg
+from AbdoSegLib.commands.segment import LABELS_FILE
+from AbdoSegLib.imageio import read_image
+from AbdoSegLib.organs import NUM_CLASSES
+from AbdoSegLib.resources import SAMPLE_CT, SAMPLE_REFERENCE
+from abdoseg_train.augment import Augmenter, flip_left_right, swap_labelled
+from abdoseg_train.cases import discover_cases
+from abdoseg_train.fit import TrainConfig, fit
+from abdoseg_train.losses import class_mask, marginal_probabilities, partial_dice_ce_loss
+from abdoseg_train.prepared import PreparedCase
+
+
+def test_flip_swaps_kidney_labels_and_mirrors_the_image():
+    image = torch.arange(4 * 3 * 2, dtype=torch.float32).reshape(4, 3, 2)
+    labels = torch.tensor([0, 1, 2, 3]).reshape(4, 1, 1).expand(4, 3, 2).to(torch.uint8)
+    flipped_image, flipped_labels = flip_left_right(image, labels)
+    torch.testing.assert_close(flipped_image, image.flip(0))
+    # Axis 0 reversed: [0, 1, 2, 3] -> [3, 2, 1, 0], then right (2) <-> left (3) kidney.
+    assert flipped_labels[:, 0, 0].tolist() == [2, 3, 1, 0]
+    assert swap_labelled((1, 2)) == (1, 3)
+    assert swap_labelled((1, 4)) == (1, 4)
+
+
+def test_flip_on_real_anatomy_keeps_kidneys_on_their_side():
+    """After a flip the label called right kidney lies on the patient's right again (high R index)."""
+    labels = torch.from_numpy(read_image(SAMPLE_REFERENCE).array.astype(np.uint8))  # RAS voxel order
+    image = torch.zeros(labels.shape)
+    _, flipped = flip_left_right(image, labels)
+    for volume in (labels, flipped):
+        right_x = torch.nonzero(volume == 2)[:, 0].float().mean()
+        left_x = torch.nonzero(volume == 3)[:, 0].float().mean()
+        assert right_x > left_x  # RAS: index 0 grows towards the patient's right
+
+
+def test_augmenter_output_shapes_and_labels():
+    reference = torch.from_numpy(read_image(SAMPLE_REFERENCE).array.astype(np.uint8))
+    case = PreparedCase("sample", torch.zeros(reference.shape), reference, (1, 2, 3, 4))
+    augment = Augmenter((32, 32, 32), seed=1)
+    for _ in range(4):
+        image, labels, labelled = augment(case)
+        assert image.shape == (1, 32, 32, 32) and labels.shape == (32, 32, 32)
+        assert set(labels.unique().tolist()) <= set(range(NUM_CLASSES))
+        assert labelled == (1, 2, 3, 4)
+
+
+def test_unlabelled_organs_are_left_out_of_the_loss():
+    """A liver-only case: where the label says 0, moving probability from background to the
+    (unlabelled) spleen leaves the loss unchanged; with full labels the same move costs."""
+    torch.manual_seed(0)
+    labels = torch.zeros(1, 8, 8, 8, dtype=torch.long)
+    labels[0, 2:5, 2:5, 2:5] = 1
+    mask = class_mask([(1,)])
+    logits = torch.randn(1, NUM_CLASSES, 8, 8, 8)
+    loss = partial_dice_ce_loss(logits, labels, mask)
+    # Move all background mass to the spleen (4) without changing any other probability.
+    moved = torch.softmax(logits, 1)
+    moved[:, 4] += moved[:, 0]
+    moved[:, 0] = 1e-12
+    assert float(partial_dice_ce_loss(torch.log(moved), labels, mask)) == pytest.approx(float(loss), rel=1e-4)
+    merged = marginal_probabilities(logits, mask)
+    assert torch.all(merged[:, 2:] == 0)
+    # With full labels the same move is penalised.
+    full = class_mask([(1, 2, 3, 4)])
+    assert float(partial_dice_ce_loss(torch.log(moved), labels, full)) > float(partial_dice_ce_loss(logits, labels, full))
+
+
+def _tiny_case(folder: Path, name: str, crop: tuple[slice, ...], labelled: list[str]) -> Path:
+    """A real case cut from the sample CT (3 mm), written as a case folder."""
+    ct = nib.load(str(SAMPLE_CT))
+    reference = nib.load(str(SAMPLE_REFERENCE))
+    case = folder / name
+    case.mkdir(parents=True)
+    offset = np.eye(4)
+    offset[:3, 3] = [s.start for s in crop]
+    affine = ct.affine @ offset
+    nib.save(nib.Nifti1Image(np.asarray(ct.dataobj)[crop].astype(np.int16), affine), str(case / "ct.nii.gz"))
+    label = np.asarray(reference.dataobj)[crop].astype(np.uint8)
+    keep = [{"liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4}[n] for n in labelled]
+    label[~np.isin(label, keep)] = 0
+    nib.save(nib.Nifti1Image(label, affine), str(case / "label.nii.gz"))
+    (case / "case.json").write_text(json.dumps({"labelled": labelled}))
+    return case
+
+
+def test_smoke_training_exports_a_bundle_that_segments(tmp_path):
+    torch.set_num_threads(2)
+    cases = tmp_path / "cases"
+    _tiny_case(cases, "upper", (slice(20, 100), slice(10, 90), slice(50, 100)), ["liver", "right_kidney", "left_kidney", "spleen"])
+    _tiny_case(cases, "liver_only", (slice(10, 90), slice(10, 90), slice(40, 90)), ["liver"])
+    validation = _tiny_case(tmp_path / "val", "val", (slice(20, 100), slice(10, 90), slice(40, 90)), ["liver", "spleen"])
+    config = TrainConfig(width=4, depth=2, convs_per_stage=(1, 1, 1), patch=(32, 32, 32), inference_patch=(96, 96, 64),
+                         epochs=2, iterations_per_epoch=3, validate_every=1, learning_rate=1e-3, name="smoke")
+    out = tmp_path / "smoke.safetensors"
+    best = fit(discover_cases(cases), discover_cases(validation), config, out, cache_dir=tmp_path / "cache")
+    bundle = load_bundle(out)
+    assert bundle.metadata["training"]["train_cases"] == ["liver_only", "upper"]
+    assert bundle.metadata["training"]["validation_cases"] == ["val"]
+    assert set(bundle.metadata["validation"]["dice"]) == {"liver", "spleen"}  # only the labelled organs
+    assert bundle.metadata["validation"] == json.loads(json.dumps(best))
+    result = tmp_path / "segmented"
+    assert abdoseg(["segment", str(validation / "ct.nii.gz"), "-o", str(result), "--model", str(out), "--progress", "none"]) == 0
+    assert read_image(result / LABELS_FILE).same_grid(read_image(validation / "ct.nii.gz"))
