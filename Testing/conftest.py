@@ -7,17 +7,23 @@ data cannot pass silently.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# OpenMP threads that spin while they wait make a 2-thread torch 5-10x slower as soon as
+# anything else wants the CPU (measured: segment() of ts_example 4 s alone, 50 s beside one
+# busy process; 7 s with passive waiting). Must be set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from AbdoSegLib.bundle import ModelBundle, load_bundle, save_bundle
-from AbdoSegLib.image import Image
-from AbdoSegLib.imageio import read_image
-from AbdoSegLib.preprocessing import Preprocessing
-from AbdoSegLib.vnet import VNet, VNetConfig
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from AbdoSegLib.bundle import ModelBundle, load_bundle, save_bundle  # noqa: E402
+from AbdoSegLib.image import Image  # noqa: E402
+from AbdoSegLib.imageio import read_image  # noqa: E402
+from AbdoSegLib.preprocessing import Preprocessing  # noqa: E402
+from AbdoSegLib.vnet import VNet, VNetConfig  # noqa: E402
 
 # Small and predictable on a 2-core CI machine.
 torch.set_num_threads(2)

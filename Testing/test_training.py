@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -47,7 +51,7 @@ def test_flip_on_real_anatomy_keeps_kidneys_on_their_side():
 
 def test_augmenter_output_shapes_and_labels():
     reference = torch.from_numpy(read_image(SAMPLE_REFERENCE).array.astype(np.uint8))
-    case = PreparedCase("sample", torch.zeros(reference.shape), reference, (1, 2, 3, 4))
+    case = PreparedCase("sample", torch.zeros(reference.shape), reference, (1, 2, 3, 4), np.eye(4))
     augment = Augmenter((32, 32, 32), seed=1)
     for _ in range(4):
         image, labels, labelled = augment(case)
@@ -113,3 +117,97 @@ def test_smoke_training_exports_a_bundle_that_segments(tmp_path):
     result = tmp_path / "segmented"
     assert abdoseg(["segment", str(validation / "ct.nii.gz"), "-o", str(result), "--model", str(out), "--progress", "none"]) == 0
     assert read_image(result / LABELS_FILE).same_grid(read_image(validation / "ct.nii.gz"))
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> tuple[Path, Path]:
+    """Two tiny real training cases (one liver-only) and one validation case."""
+    root = tmp_path_factory.mktemp("dataset")
+    _tiny_case(root / "train", "upper", (slice(20, 100), slice(10, 90), slice(50, 100)), ["liver", "right_kidney", "left_kidney", "spleen"])
+    _tiny_case(root / "train", "liver_only", (slice(10, 90), slice(10, 90), slice(40, 90)), ["liver"])
+    _tiny_case(root / "val", "val", (slice(20, 100), slice(10, 90), slice(40, 90)), ["liver", "spleen"])
+    return root / "train", root / "val"
+
+
+def _train_cli(*args: str, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    command = [*launcher, "-m", "abdoseg_train.cli"] if launcher else [sys.executable, "-m", "abdoseg_train.cli"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+TINY_ARGS = ("--width", "4", "--patch", "32", "--iterations-per-epoch", "2", "--validate-every", "1", "--lr", "1e-3")
+
+
+def test_resume_continues_from_the_checkpoint_and_export_rebuilds_the_bundle(tiny_dataset, tmp_path):
+    train, val = tiny_dataset
+    run = tmp_path / "run"
+    first = _train_cli("fit", "--train", str(train), "--validate", str(val), "-o", str(tmp_path / "a.safetensors"),
+                       "--epochs", "1", "--workdir", str(run), *TINY_ARGS)
+    assert first.returncode == 0, first.stderr
+    resumed = _train_cli("fit", "--train", str(train), "--validate", str(val), "-o", str(tmp_path / "b.safetensors"),
+                         "--epochs", "2", "--workdir", str(run), "--resume", str(run / "checkpoint.pt"), *TINY_ARGS)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    assert [row["epoch"] for row in rows] == ["1", "2"]  # epoch 1 from the first run, epoch 2 resumed
+    assert "dice/liver" in rows[0] and "hd95/spleen" in rows[0]
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    exported = _train_cli("export", str(run / "checkpoint.pt"), "-o", str(tmp_path / "c.safetensors"))
+    assert exported.returncode == 0, exported.stderr
+    best = load_bundle(tmp_path / "b.safetensors")
+    rebuilt = load_bundle(tmp_path / "c.safetensors")
+    for key, value in best.network.state_dict().items():
+        torch.testing.assert_close(rebuilt.network.state_dict()[key], value)
+    assert rebuilt.metadata["validation"] == best.metadata["validation"]
+
+
+def test_evaluate_prints_a_per_organ_table(tiny_dataset, tmp_path):
+    train, val = tiny_dataset
+    model = tmp_path / "m.safetensors"
+    assert _train_cli("fit", "--train", str(train), "-o", str(model), "--epochs", "1", "--workdir", str(tmp_path / "run"), *TINY_ARGS).returncode == 0
+    result = _train_cli("evaluate", str(model), str(val), "--json", str(tmp_path / "eval.json"))
+    assert result.returncode == 0, result.stderr
+    assert "| liver | 1 |" in result.stdout and "| spleen | 1 |" in result.stdout
+    assert "right_kidney" not in result.stdout  # the validation case does not label the kidneys
+    scores = json.loads((tmp_path / "eval.json").read_text())
+    assert set(scores["val"]) == {"liver", "spleen"}
+    assert 0.0 <= scores["val"]["liver"]["dice"] <= 1.0
+
+
+def test_distributed_training_with_two_cpu_processes(tiny_dataset, tmp_path):
+    train, val = tiny_dataset
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = _train_cli("fit", "--train", str(train), "--validate", str(val), "-o", str(tmp_path / "ddp.safetensors"),
+                        "--epochs", "1", "--workdir", str(tmp_path / "run"), "--device", "cpu", *TINY_ARGS,
+                        launcher=(str(torchrun), "--standalone", "--nproc_per_node=2"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    bundle = load_bundle(tmp_path / "ddp.safetensors")
+    assert bundle.metadata["training"]["train_cases"] == ["liver_only", "upper"]
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    assert len(rows) == 1  # only the first process logs
+
+
+@pytest.mark.parametrize("problem", ["empty", "outside_ids", "grid_mismatch", "broken_ct"])
+def test_bad_training_data_is_refused_naming_the_case(tmp_path, problem):
+    root = tmp_path / "data"
+    root.mkdir()
+    if problem != "empty":
+        case = _tiny_case(root, "bad_case", (slice(20, 60), slice(10, 50), slice(50, 90)), ["liver"])
+        if problem == "outside_ids":
+            label = nib.load(str(case / "label.nii.gz"))
+            array = np.asarray(label.dataobj).copy()
+            array[0, 0, 0] = 13  # e.g. a FLARE22 id that was not mapped
+            nib.save(nib.Nifti1Image(array, label.affine), str(case / "label.nii.gz"))
+        elif problem == "grid_mismatch":
+            label = nib.load(str(case / "label.nii.gz"))
+            nib.save(nib.Nifti1Image(np.asarray(label.dataobj)[:-5], label.affine), str(case / "label.nii.gz"))
+        elif problem == "broken_ct":
+            data = (case / "ct.nii.gz").read_bytes()
+            (case / "ct.nii.gz").write_bytes(data[: len(data) // 3])
+    result = _train_cli("fit", "--train", str(root), "-o", str(tmp_path / "m.safetensors"), "--epochs", "1",
+                        "--workdir", str(tmp_path / "run"), *TINY_ARGS)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("training")]
+    assert len(lines) == 1 and lines[0].startswith("abdoseg-train: error: ")
+    assert ("bad_case" in lines[0]) if problem != "empty" else ("no case folders" in lines[0])
+    assert not (tmp_path / "m.safetensors").exists()

@@ -84,6 +84,13 @@ def canonical(image: Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return array, affine, ornt
 
 
+def same_physical_grid(a: Image, b: Image, atol_mm: float = 1e-3) -> bool:
+    """True when two images sample the same voxels in space, whatever their voxel order."""
+    array_a, affine_a, _ = canonical(Image(np.empty(a.shape, dtype=np.bool_), a.affine))
+    array_b, affine_b, _ = canonical(Image(np.empty(b.shape, dtype=np.bool_), b.affine))
+    return array_a.shape == array_b.shape and np.allclose(affine_a, affine_b, atol=atol_mm)
+
+
 def model_grid(image: Image, spacing_mm: tuple[float, float, float]) -> ModelGrid:
     """The model grid for ``image`` at ``spacing_mm``: same field of view, shape rounded."""
     _, canonical_affine, ornt = canonical(image)

@@ -1,8 +1,11 @@
 """The ``abdoseg-train`` command line.
 
-    abdoseg-train fit --train CASES... [--validate CASES...] -o MODEL.safetensors [options]
+    abdoseg-train fit --train CASES... [--validate CASES...] -o MODEL.safetensors [--workdir RUN] [--resume RUN/checkpoint.pt]
+    abdoseg-train evaluate MODEL CASES... [--json OUT.json]
+    abdoseg-train export RUN/checkpoint.pt -o MODEL.safetensors
 
-CASES are case folders (case.json + CT + label map) or folders of them.
+CASES are case folders (case.json + CT + label map) or folders of them. ``fit`` under
+``torchrun --nproc_per_node=N`` trains with DistributedDataParallel.
 """
 
 from __future__ import annotations
@@ -14,8 +17,14 @@ from pathlib import Path
 
 from AbdoSegLib.errors import AbdoSegError
 
+from AbdoSegLib.atomic import atomic_path
+from AbdoSegLib.bundle import load_bundle
+from AbdoSegLib.vnet import VNet
+
 from .cases import discover_cases
-from .fit import TrainConfig, fit
+from .checkpoint import load_checkpoint
+from .evaluation import evaluate, organ_table
+from .fit import TrainConfig, export, fit
 
 
 def _triple(text: str) -> tuple[int, int, int]:
@@ -43,8 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
     fit_parser.add_argument("--device", default=defaults.device)
     fit_parser.add_argument("--name", default=defaults.name, help="model name recorded in the bundle")
     fit_parser.add_argument("--cache", type=Path, default=None, help="folder for preprocessed cases")
+    fit_parser.add_argument("--workdir", type=Path, default=Path("runs") / "latest", help="checkpoint and logs (log.csv, tensorboard/)")
+    fit_parser.add_argument("--resume", type=Path, default=None, help="continue from a checkpoint of the same settings")
     fit_parser.add_argument("--force", action="store_true", help="replace an existing output file")
     fit_parser.set_defaults(run=run_fit)
+
+    evaluate_parser = commands.add_parser("evaluate", help="segment labelled cases with a bundle and print per-organ metrics")
+    evaluate_parser.add_argument("model", type=Path, help="model bundle")
+    evaluate_parser.add_argument("cases", type=Path, nargs="+", help="case folders or folders of cases")
+    evaluate_parser.add_argument("--device", default="auto")
+    evaluate_parser.add_argument("--json", type=Path, default=None, help="write per-case metrics here")
+    evaluate_parser.set_defaults(run=run_evaluate)
+
+    export_parser = commands.add_parser("export", help="turn a training checkpoint's best network into a model bundle")
+    export_parser.add_argument("checkpoint", type=Path)
+    export_parser.add_argument("-o", "--output", type=Path, required=True, help="model bundle to write (.safetensors)")
+    export_parser.add_argument("--force", action="store_true", help="replace an existing output file")
+    export_parser.set_defaults(run=run_export)
     return parser
 
 
@@ -58,8 +82,29 @@ def run_fit(args: argparse.Namespace) -> None:
         epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, learning_rate=args.lr,
         validate_every=args.validate_every, seed=args.seed, device=args.device, name=args.name,
     )
-    best = fit(train, validation, config, args.output, args.cache)
-    print(json.dumps({"model": str(args.output), "validation": best}, indent=2))
+    best = fit(train, validation, config, args.output, args.workdir, args.cache, args.resume)
+    print(json.dumps({"model": str(args.output), "validation": {k: v for k, v in best.items() if k != "per_case"}}, indent=2))
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    bundle = load_bundle(args.model)
+    cases = [case for root in args.cases for case in discover_cases(root)]
+    results = evaluate(bundle, cases, args.device)
+    print(organ_table(results))
+    if args.json:
+        with atomic_path(args.json) as temporary:
+            temporary.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    if args.output.exists() and not args.force:
+        raise AbdoSegError(f"{args.output} already exists; choose another name or pass --force.")
+    state = load_checkpoint(args.checkpoint)
+    config = TrainConfig(**state["config"])
+    network = VNet(config.network_config)
+    network.load_state_dict(state["best_state"])
+    sha256 = export(network, config, state["best"], args.output, state["log"], seconds=state["log"][-1]["seconds"] if state["log"] else 0.0, device="cpu")
+    print(f"wrote {args.output} (sha256 {sha256})")
 
 
 def main(argv: list[str] | None = None) -> int:

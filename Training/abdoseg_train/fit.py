@@ -1,4 +1,8 @@
-"""The training loop: patches -> V-Net -> partial-label Dice + CE -> Adam; validate; keep the best."""
+"""The training loop: patches -> V-Net -> partial-label Dice + CE -> Adam; validate; keep the best.
+
+A run writes into a work folder: ``checkpoint.pt`` (resumable, after every epoch),
+``log.csv`` and ``tensorboard/``; the best network is exported as a model bundle.
+"""
 
 from __future__ import annotations
 
@@ -11,20 +15,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from AbdoSegLib.bundle import save_bundle
-from AbdoSegLib.cleanup import clean_labels
-from AbdoSegLib.metrics import dice
-from AbdoSegLib.organs import ORGANS
-from AbdoSegLib.predict import infer_probabilities, resolve_device, window_size
+from AbdoSegLib.predict import resolve_device
 from AbdoSegLib.preprocessing import Preprocessing
 from AbdoSegLib.vnet import VNet, VNetConfig
 
+from . import distributed
 from .augment import Augmenter
 from .cases import Case
+from .checkpoint import load_checkpoint, save_checkpoint
+from .logs import TrainingLog
 from .losses import class_mask, partial_dice_ce_loss
-from .prepared import PreparedCase, prepare
+from .prepared import prepare
+from .validation import validate
+
+CHECKPOINT_FILE = "checkpoint.pt"
 
 
 @dataclass
@@ -62,62 +70,58 @@ class TrainConfig:
         return VNetConfig(width=self.width, depth=self.depth, kernel_size=self.kernel_size, convs_per_stage=tuple(self.convs_per_stage))
 
 
-def validate(network: VNet, cases: list[PreparedCase], config: TrainConfig, device: torch.device) -> dict:
-    """Per-case, per-labelled-organ Dice on the model grid, and the mean per organ."""
-    network.eval()
-    per_case = {}
-    for case in cases:
-        roi = window_size(tuple(case.image.shape), config.inference_patch, network.config.divisor)
-        probabilities = infer_probabilities(network, case.image, roi, 0.25, device)
-        predicted = clean_labels(probabilities.argmax(0).to(torch.uint8).numpy())
-        reference = case.labels.numpy()
-        per_case[case.name] = {
-            organ.name: dice(predicted == organ.label, reference == organ.label)
-            for organ in ORGANS if organ.label in case.labelled
-        }
-    network.train()
-    means = {}
-    for organ in ORGANS:
-        values = [scores[organ.name] for scores in per_case.values() if scores.get(organ.name) is not None]
-        if values:
-            means[organ.name] = round(float(np.mean(values)), 4)
-    return {"dice": means, "per_case": per_case, "mean_dice": round(float(np.mean(list(means.values()))), 4) if means else None}
-
-
-def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Path, cache_dir: Path | None = None) -> dict:
+def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Path, workdir: Path,
+        cache_dir: Path | None = None, resume: Path | None = None) -> dict:
     """Train, validate every ``validate_every`` epochs, export the best network to ``out``.
 
-    Returns the validation record of the exported network.
+    Under torchrun every process trains on its own patches (DistributedDataParallel); the
+    first process validates, logs, checkpoints and exports. Returns the validation record of
+    the exported network.
     """
-    torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
+    run = distributed.setup(resolve_device(config.device))
+    torch.manual_seed(config.seed + run.rank)
     config.train_cases = [case.name for case in train]
     config.validation_cases = [case.name for case in validation]
     train_data = [prepare(case, config.preprocessing, cache_dir) for case in train]
-    validation_data = [prepare(case, config.preprocessing, cache_dir) for case in validation]
+    validation_data = [prepare(case, config.preprocessing, cache_dir) for case in validation] if run.is_main else []
 
-    network = VNet(config.network_config).to(device)
+    network = VNet(config.network_config).to(run.device)
     optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     total_steps = config.epochs * config.iterations_per_epoch
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=total_steps, eta_min=config.learning_rate * 0.01)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    augment = Augmenter(config.patch, config.seed)
-    rng = np.random.default_rng(config.seed)
-
-    best = {"mean_dice": -1.0}
+    scaler = torch.amp.GradScaler("cuda", enabled=run.device.type == "cuda")
+    augment = Augmenter(config.patch, config.seed + 1000 * run.rank)
+    rng = np.random.default_rng(config.seed + run.rank)
+    best: dict = {"mean_dice": None}
     best_state = copy.deepcopy(network.state_dict())
-    log = []
+    log = TrainingLog(workdir) if run.is_main else None
+    first_epoch = 1
+    if resume:
+        state = load_checkpoint(resume)
+        network.load_state_dict(state["network"])
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        rng.bit_generator.state = state["rng"]
+        augment.rng.bit_generator.state = state["augment_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        best, best_state, first_epoch = state["best"], state["best_state"], state["epoch"] + 1
+        if log:
+            for record in state["log"]:
+                log.add(record)
+    model = DistributedDataParallel(network) if run.enabled else network
+
     started = time.time()
-    bar = tqdm(total=total_steps, desc="training", unit="it")
-    for epoch in range(1, config.epochs + 1):
+    bar = tqdm(total=total_steps, initial=(first_epoch - 1) * config.iterations_per_epoch, desc="training", unit="it", disable=not run.is_main)
+    for epoch in range(first_epoch, config.epochs + 1):
         losses = []
         for _ in range(config.iterations_per_epoch):
             samples = [augment(train_data[rng.integers(len(train_data))]) for _ in range(config.batch_size)]
-            images = torch.stack([s[0] for s in samples]).to(device)
-            labels = torch.stack([s[1] for s in samples]).to(device)
-            mask = class_mask([s[2] for s in samples], device)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
-                logits = network(images)
+            images = torch.stack([s[0] for s in samples]).to(run.device)
+            labels = torch.stack([s[1] for s in samples]).to(run.device)
+            mask = class_mask([s[2] for s in samples], run.device)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=run.device.type == "cuda"):
+                logits = model(images)
             loss = partial_dice_ce_loss(logits, labels, mask, config.ce_weight)
             optimiser.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -129,21 +133,36 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
             losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}", best=best["mean_dice"])
-        record = {"epoch": epoch, "loss": round(float(np.mean(losses)), 4), "seconds": round(time.time() - started, 1)}
-        if validation_data and (epoch % config.validate_every == 0 or epoch == config.epochs):
-            result = validate(network, validation_data, config, device)
-            record.update(result)
-            if result["mean_dice"] is not None and result["mean_dice"] > best["mean_dice"]:
-                best = dict(result, epoch=epoch)
-                best_state = copy.deepcopy(network.state_dict())
-        log.append(record)
+        if run.is_main:
+            record = {"epoch": epoch, "loss": round(float(np.mean(losses)), 4),
+                      "learning_rate": scheduler.get_last_lr()[0], "seconds": round(time.time() - started, 1)}
+            if validation_data and (epoch % config.validate_every == 0 or epoch == config.epochs):
+                result = validate(network, validation_data, config.inference_patch, run.device)
+                record.update(result.flat())
+                if best["mean_dice"] is None or (result.mean_dice is not None and result.mean_dice > best["mean_dice"]):
+                    best = dict(result.summary(), epoch=epoch)
+                    best_state = copy.deepcopy(network.state_dict())
+            log.add(record)
+            save_checkpoint(Path(workdir) / CHECKPOINT_FILE, network=network, optimiser=optimiser, scheduler=scheduler,
+                            scaler=scaler, epoch=epoch, best=best, best_state=best_state, config=config, rng=rng,
+                            augment_rng=augment.rng, log=log.rows)
+        run.barrier()
     bar.close()
-    if not validation_data:
-        best = {"epoch": config.epochs, "note": "no validation cases"}
-        best_state = network.state_dict()
-    network.load_state_dict(best_state)
-    training = dict(asdict(config), seconds=round(time.time() - started, 1), device=str(device),
-                    torch=torch.__version__, log=log)
-    save_bundle(out, network.cpu(), config.preprocessing, config.inference_patch, config.name,
-                datetime.date.today().isoformat(), training=json.loads(json.dumps(training)), validation=best)
+    if run.is_main:
+        if not validation_data:
+            best = {"epoch": config.epochs, "note": "no validation cases: the last epoch is exported"}
+            best_state = network.state_dict()
+        network.load_state_dict(best_state)
+        export(network, config, best, out, log.rows, seconds=time.time() - started, device=str(run.device))
+        log.close()
+    run.barrier()
+    run.close()
     return best
+
+
+def export(network: VNet, config: TrainConfig, validation: dict, out: Path, log: list[dict], seconds: float, device: str) -> str:
+    """Write ``network`` as a model bundle with the run's provenance; returns its SHA-256."""
+    training = dict(asdict(config), seconds=round(seconds, 1), device=device, torch=torch.__version__, log=log)
+    return save_bundle(out, network.cpu(), config.preprocessing, config.inference_patch, config.name,
+                       datetime.date.today().isoformat(), training=json.loads(json.dumps(training)),
+                       validation=json.loads(json.dumps(validation)))

@@ -14,21 +14,26 @@ from AbdoSegLib.ctcheck import check_ct
 from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.imageio import read_image
 from AbdoSegLib.organs import NUM_CLASSES
-from AbdoSegLib.preprocessing import Preprocessing, labels_to_model_grid, preprocess
+from AbdoSegLib.preprocessing import Preprocessing, labels_to_model_grid, preprocess, same_physical_grid
 from AbdoSegLib.regrid import labels_onto_grid
 
 from .cases import Case
 
 
+CACHE_VERSION = 2  # bump when the cached content changes
+
+
 @dataclass
 class PreparedCase:
     """image: (X, Y, Z) float32 normalised CT on the model grid (canonical RAS order);
-    labels: (X, Y, Z) uint8 on the same grid; labelled: organ ids really labelled."""
+    labels: (X, Y, Z) uint8 on the same grid; labelled: organ ids really labelled;
+    affine: (4, 4) the model grid's voxel-to-RAS mm transform."""
 
     name: str
     image: torch.Tensor
     labels: torch.Tensor
     labelled: tuple[int, ...]
+    affine: np.ndarray
 
 
 def prepare(case: Case, spec: Preprocessing, cache_dir: Path | None = None) -> PreparedCase:
@@ -36,11 +41,18 @@ def prepare(case: Case, spec: Preprocessing, cache_dir: Path | None = None) -> P
     cache_file = _cache_file(case, spec, cache_dir) if cache_dir else None
     if cache_file and cache_file.is_file():
         stored = np.load(cache_file)
-        return PreparedCase(case.name, torch.from_numpy(stored["image"]), torch.from_numpy(stored["labels"]), case.labelled)
+        return PreparedCase(case.name, torch.from_numpy(stored["image"]), torch.from_numpy(stored["labels"]), case.labelled, stored["affine"])
     try:
         ct = read_image(case.image)
         check_ct(ct, str(case.image))
-        labels = labels_onto_grid(read_image(case.labels), ct)
+        labels = read_image(case.labels)
+        if not same_physical_grid(labels, ct):
+            raise AbdoSegError(
+                f"its label map {case.labels.name} ({'x'.join(map(str, labels.shape))} voxels of "
+                f"{'x'.join(f'{s:.2f}' for s in labels.spacing)} mm) is not on the grid of its CT "
+                f"({'x'.join(map(str, ct.shape))} voxels of {'x'.join(f'{s:.2f}' for s in ct.spacing)} mm)"
+            )
+        labels = labels_onto_grid(labels, ct)  # same grid, possibly another voxel order
         unknown = sorted(set(np.unique(labels.array).tolist()) - set(range(NUM_CLASSES)))
         if unknown:
             raise AbdoSegError(f"its label map holds ids {unknown} outside 0..{NUM_CLASSES - 1}; map them to AbdoSeg ids first")
@@ -50,11 +62,11 @@ def prepare(case: Case, spec: Preprocessing, cache_dir: Path | None = None) -> P
     model_labels = labels_to_model_grid(labels, grid)
     if cache_file:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache_file, image=image.numpy(), labels=model_labels)
-    return PreparedCase(case.name, image, torch.from_numpy(model_labels), case.labelled)
+        np.savez(cache_file, image=image.numpy(), labels=model_labels, affine=grid.affine)
+    return PreparedCase(case.name, image, torch.from_numpy(model_labels), case.labelled, grid.affine)
 
 
 def _cache_file(case: Case, spec: Preprocessing, cache_dir: Path) -> Path:
     stat = case.image.stat()
-    key = json.dumps([str(case.image.resolve()), stat.st_mtime, str(case.labels.resolve()), spec.to_dict()])
+    key = json.dumps([CACHE_VERSION, str(case.image.resolve()), stat.st_mtime, str(case.labels.resolve()), spec.to_dict()])
     return Path(cache_dir) / f"{case.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
