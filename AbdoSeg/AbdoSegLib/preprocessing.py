@@ -58,9 +58,13 @@ class ModelGrid:
     affine: np.ndarray
 
     def to_input_orientation(self, canonical: np.ndarray) -> np.ndarray:
-        """An array in canonical voxel order (canonical_shape) back in the input's order."""
+        """An array in canonical voxel order (canonical_shape) back in the input's order.
+
+        The result is Fortran-ordered (i fastest), the layout in which the readers return
+        volumes and in which NIfTI and NRRD store them, so writing needs no transposing copy.
+        """
         back = orientations.ornt_transform(orientations.axcodes2ornt("RAS"), self.ornt)
-        return np.ascontiguousarray(orientations.apply_orientation(canonical, back))
+        return np.asfortranarray(orientations.apply_orientation(canonical, back))
 
     def canonical_coordinates(self, axis: int, model_index: np.ndarray) -> np.ndarray:
         """Continuous canonical-input index along ``axis`` of model grid indices."""

@@ -13,9 +13,13 @@ def organ_measurements(labels: Image, ct: Image) -> dict[str, dict]:
 
     labels and ct share one grid (labels: uint8 ids, ct: HU).
     """
-    ids = labels.array.ravel()
+    # Ravel both in one memory order (a view when they share it) and sum only organ voxels.
+    order = "F" if labels.array.flags.f_contiguous and ct.array.flags.f_contiguous else "C"
+    ids = labels.array.ravel(order=order)
+    organ_voxels = np.flatnonzero(ids)
+    ids = ids[organ_voxels]
     counts = np.bincount(ids, minlength=NUM_CLASSES)
-    sums = np.bincount(ids, weights=ct.array.ravel(), minlength=NUM_CLASSES)
+    sums = np.bincount(ids, weights=ct.array.ravel(order=order)[organ_voxels], minlength=NUM_CLASSES)
     result = {}
     for organ in ORGANS:
         n = int(counts[organ.label])

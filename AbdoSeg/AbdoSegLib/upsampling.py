@@ -1,9 +1,11 @@
 """Predicted organs from the model grid back onto the input grid, at sub-voxel precision.
 
-For each organ only its own probability channel is interpolated, and only inside its
-bounding box; a full-resolution multi-channel probability volume is never built. The
-cleaned low-resolution mask decides inside/outside at each model voxel, and the
-probabilities place the boundary between voxel centres.
+For each organ one value is interpolated, only inside the organ's bounding box: its
+margin over the strongest other class, p_organ - max(p_other). Its sign is the argmax
+decision at every model voxel, so the organ neither shrinks nor grows where the winning
+probability is below 0.5; a full-resolution multi-channel probability volume is never
+built. The cleaned low-resolution mask decides inside/outside at each model voxel, and the
+margins place the boundary between voxel centres.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from .organs import ORGANS
 from .preprocessing import ModelGrid
 
-MARGIN = 0.02  # keeps a cleaned voxel above, and a removed one below, the 0.5 threshold
+MARGIN = 0.02  # keeps a cleaned voxel above, and a removed one below, the threshold 0
 
 
 def labels_on_input_grid(probabilities: torch.Tensor, cleaned: np.ndarray, grid: ModelGrid) -> np.ndarray:
@@ -25,7 +27,7 @@ def labels_on_input_grid(probabilities: torch.Tensor, cleaned: np.ndarray, grid:
     input's voxel order.
     """
     labels = np.zeros(grid.canonical_shape, dtype=np.uint8)
-    score = np.zeros(grid.canonical_shape, dtype=np.float16)  # organ value of each labelled voxel
+    score = np.zeros(grid.canonical_shape, dtype=np.float16)  # margin of the organ labelled at each voxel
     for organ in ORGANS:
         mask = cleaned == organ.label
         if not mask.any():
@@ -33,8 +35,8 @@ def labels_on_input_grid(probabilities: torch.Tensor, cleaned: np.ndarray, grid:
         low, high = _box(mask)
         crop = tuple(slice(a, b + 1) for a, b in zip(low, high))
         inside = torch.from_numpy(mask[crop])
-        value = probabilities[organ.label][crop]
-        value = torch.where(inside, value.clamp(min=0.5 + MARGIN), value.clamp(max=0.5 - MARGIN))
+        value = _margin(probabilities[(slice(None), *crop)], organ.label)
+        value = torch.where(inside, value.clamp(min=MARGIN), value.clamp(max=-MARGIN))
         target = []
         for axis in range(3):
             first, last = _input_range(grid, axis, low[axis], high[axis])
@@ -43,11 +45,16 @@ def labels_on_input_grid(probabilities: torch.Tensor, cleaned: np.ndarray, grid:
             target.append(slice(first, last + 1))
         target = tuple(target)
         value = value.numpy()
-        hit = value > 0.5
-        hit &= value > score[target]
+        hit = value > score[target]  # > 0, and above any organ already placed there
         score[target][hit] = value[hit]
         labels[target][hit] = organ.label
     return grid.to_input_orientation(labels)
+
+
+def _margin(probabilities: torch.Tensor, label: int) -> torch.Tensor:
+    """p[label] - max over the other classes, for probabilities (C, X, Y, Z) -> (X, Y, Z)."""
+    others = torch.cat([probabilities[:label], probabilities[label + 1 :]])
+    return probabilities[label] - others.max(dim=0).values
 
 
 def _box(mask: np.ndarray) -> tuple[list[int], list[int]]:
