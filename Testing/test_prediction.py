@@ -13,13 +13,13 @@ from torch import nn
 from AbdoSegLib import predict
 from AbdoSegLib.cleanup import clean_labels
 from AbdoSegLib.image import Image
-from AbdoSegLib.predict import count_windows, infer_probabilities, segment
+from AbdoSegLib.organs import NUM_CLASSES
+from AbdoSegLib.predict import PAD_VALUE, count_windows, infer_probabilities, segment
 from AbdoSegLib.preprocessing import canonical, model_grid
 from AbdoSegLib.upsampling import labels_on_input_grid
 from conftest import voxel_world
 
 CPU = torch.device("cpu")
-NUM_CLASSES = 5
 
 
 def _volume(shape, seed=0) -> torch.Tensor:
@@ -62,14 +62,14 @@ def test_window_covering_the_volume_equals_a_single_pass(tiny_model_bundle):
 
 
 def test_window_larger_than_the_volume_is_one_pass_over_the_padded_volume(tiny_model_bundle):
-    """MONAI pads a volume smaller than the window with 0 (the middle of the HU window), half
-    before and half after, runs one window and crops the padding off again."""
+    """A volume smaller than the window is padded with PAD_VALUE (the bottom of the HU window,
+    as training pads), half before and half after; one window runs and the padding is cropped off."""
     network = tiny_model_bundle.network
     shape, roi = (21, 26, 19), (32, 32, 32)
     volume = _volume(shape, seed=1)
     before = [(r - n) // 2 for n, r in zip(shape, roi)]
     after = [r - n - b for n, r, b in zip(shape, roi, before)]
-    padded = F.pad(volume, [before[2], after[2], before[1], after[1], before[0], after[0]])
+    padded = F.pad(volume, [before[2], after[2], before[1], after[1], before[0], after[0]], value=PAD_VALUE)
     expected = _single_pass(network, padded)[:, before[0] : before[0] + shape[0], before[1] : before[1] + shape[1], before[2] : before[2] + shape[2]]
     probabilities = infer_probabilities(network, volume, roi, 0.25, CPU)
     assert probabilities.shape == (NUM_CLASSES, *shape)
@@ -122,10 +122,11 @@ def _clean_voxels(n: int, roi: int, overlap: float, reach: int) -> tuple[np.ndar
 @pytest.mark.parametrize("roi, overlap", [((24, 24, 24), 0.25), ((16, 16, 16), 0.5)])
 def test_blended_windows_of_a_convolution_stack_equal_a_single_pass_away_from_window_faces(roi, overlap):
     """3x3x3 kernels: a window's output differs from the single pass within 3 voxels of its
-    faces (zero padding there instead of the neighbouring CT). Measured: up to ~0.1 in
-    probability there, because the Gaussian weights (clamped at 1e-3 of the centre) still mix
-    those voxels in. Everywhere else every window gives the single-pass value, so the blend
-    must reproduce it to float rounding."""
+    faces (zero padding there instead of the neighbouring CT), and the Gaussian weights
+    (clamped at 1e-3 of the centre) still mix those voxels in: measured up to 0.02 in
+    probability on this volume, 0.1 on white noise. Everywhere else every window gives the
+    single-pass value, so the blend must reproduce it to float rounding (measured 6e-8;
+    with a mask one voxel too generous the error jumps to 4e-3, so the bound is sharp)."""
     shape, reach = (40, 36, 44), 3
     network = _conv_net(kernel=3, seed=4)
     volume = _volume(shape, seed=5)
@@ -322,6 +323,27 @@ def test_labels_on_input_grid_reproduce_a_smooth_sphere(name, organ):
     # the only mistakes lie within one fine voxel (1 mm) of the true surface
     wrong = truth != got
     assert np.abs(r[wrong] - radius).max(initial=0.0) < 1.0
+
+
+def test_organ_keeps_its_size_when_the_winning_probability_is_below_one_half():
+    """Five classes, an uncertain model: organ = 0.4 s + 0.05, background = 0.4 (1 - s) + 0.05,
+    each other organ 1/6, with s the sharp sphere. The organ wins inside the sphere with at
+    most 0.45, so the input grid must label the sphere (thresholding the organ's own
+    probability at 0.5 would label nothing)."""
+    affine, shape = FINE_GRIDS["ras"]
+    grid = model_grid(Image(np.zeros(shape, np.int16), affine), (3.0, 3.0, 3.0))
+    centre, radius = np.array([3.2, -5.1, 7.7]), 25.0
+    s = _sphere_probabilities(grid, centre, radius, 1)[1]
+    uncertain = torch.full((NUM_CLASSES, *grid.shape), 1.0 / 6)
+    uncertain[1] = 0.4 * s + 0.05
+    uncertain[0] = 0.4 * (1 - s) + 0.05
+    assert float(uncertain.max()) <= 0.45 + 1e-6
+    torch.testing.assert_close(uncertain.sum(0), torch.ones(grid.shape))
+    labels = _to_input_grid(uncertain, grid)
+    r = np.linalg.norm(voxel_world(affine, shape) - centre, axis=-1)
+    truth, got = r < radius, labels == 1
+    assert 2 * (truth & got).sum() / (truth.sum() + got.sum()) > 0.99
+    assert np.abs(r[truth != got] - radius).max(initial=0.0) < 1.0
 
 
 @pytest.mark.parametrize("side", ["low", "high"])

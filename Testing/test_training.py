@@ -108,7 +108,7 @@ def test_smoke_training_exports_a_bundle_that_segments(tmp_path):
     config = TrainConfig(width=4, depth=2, convs_per_stage=(1, 1, 1), patch=(32, 32, 32), inference_patch=(96, 96, 64),
                          epochs=2, iterations_per_epoch=3, validate_every=1, learning_rate=1e-3, name="smoke")
     out = tmp_path / "smoke.safetensors"
-    best = fit(discover_cases(cases), discover_cases(validation), config, out, cache_dir=tmp_path / "cache")
+    best = fit(discover_cases(cases), discover_cases(validation), config, out, tmp_path / "run", cache_dir=tmp_path / "cache")
     bundle = load_bundle(out)
     assert bundle.metadata["training"]["train_cases"] == ["liver_only", "upper"]
     assert bundle.metadata["training"]["validation_cases"] == ["val"]

@@ -109,6 +109,8 @@ def read_metadata(path: str | Path) -> dict:
         metadata = json.loads(header[METADATA_KEY])
     except json.JSONDecodeError:
         raise AbdoSegError(f"{path} has damaged AbdoSeg metadata (not valid JSON).") from None
+    if not isinstance(metadata, dict):
+        raise AbdoSegError(f"{path} has damaged AbdoSeg metadata (not a JSON object).")
     version = metadata.get("format_version")
     if version != FORMAT_VERSION:
         raise AbdoSegError(f"{path} is a model bundle of format version {version}; this AbdoSeg reads version {FORMAT_VERSION}.")
@@ -144,4 +146,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _short(error: Exception) -> str:
-    return str(error).splitlines()[0][:160]
+    """The informative line of an error: PyTorch's load errors put it after a heading line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        lines = lines[1:]
+    return lines[0][:240] if lines else type(error).__name__

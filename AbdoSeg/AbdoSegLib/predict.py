@@ -19,6 +19,8 @@ from .preprocessing import preprocess
 from .progress import NoProgress
 from .upsampling import labels_on_input_grid
 
+PAD_VALUE = -1.0  # a volume smaller than the window is padded with the bottom of the HU window, as in training
+
 Progress = Callable[[str, float, str], None]
 """progress(stage, fraction 0..1, message)"""
 
@@ -87,6 +89,7 @@ def infer_probabilities(
         logits = sliding_window_inference(
             volume[None, None], roi, sw_batch_size=1, predictor=run, overlap=overlap,
             mode="gaussian", sw_device=device, device=torch.device("cpu"),
+            padding_mode="constant", cval=PAD_VALUE,
         )
         return torch.softmax(logits[0], dim=0)
 

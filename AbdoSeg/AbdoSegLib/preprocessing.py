@@ -117,7 +117,8 @@ def resample(array: np.ndarray, shape: tuple[int, int, int], clip: tuple[float, 
     """
     planes = []
     for k0 in range(0, array.shape[2], SLAB_SLICES):
-        slab = torch.from_numpy(np.ascontiguousarray(array[:, :, k0 : k0 + SLAB_SLICES], dtype=np.float32))
+        # Always a copy: the clip below works in place and must not touch the caller's array.
+        slab = torch.from_numpy(np.array(array[:, :, k0 : k0 + SLAB_SLICES], dtype=np.float32, order="C"))
         if clip is not None:
             slab.clamp_(*clip)
         slab = slab.permute(2, 0, 1).unsqueeze(1)  # (k, 1, I, J)

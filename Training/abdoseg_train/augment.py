@@ -11,6 +11,7 @@ import torch
 from monai.transforms import RandAffined
 
 from AbdoSegLib.organs import LEFT_RIGHT_PAIRS
+from AbdoSegLib.predict import PAD_VALUE
 
 from .prepared import PreparedCase
 
@@ -40,7 +41,7 @@ def random_crop(case: PreparedCase, size: tuple[int, int, int], rng: np.random.G
     """A (size) crop of image and labels, padded where the volume is smaller.
 
     With probability ``foreground_fraction`` the crop is centred on a voxel of a labelled organ.
-    Padding: image -1 (the bottom of the HU window, i.e. air), labels 0.
+    Padding: image PAD_VALUE (the bottom of the HU window, as at inference), labels 0.
     """
     shape = np.array(case.image.shape)
     centre = None
@@ -51,7 +52,7 @@ def random_crop(case: PreparedCase, size: tuple[int, int, int], rng: np.random.G
     if centre is None:
         centre = np.array([rng.integers(n) for n in shape])
     start = centre - np.array(size) // 2
-    image = torch.full(size, -1.0)
+    image = torch.full(size, PAD_VALUE)
     labels = torch.zeros(size, dtype=torch.uint8)
     source = tuple(slice(max(s, 0), min(s + n, m)) for s, n, m in zip(start, size, shape))
     target = tuple(slice(sl.start - s, sl.stop - s) for sl, s in zip(source, start))

@@ -1,5 +1,5 @@
 """The subcommands of ``abdoseg``: each module has ``register(subparsers)`` and a ``run_*(args)``."""
 
-from . import info, segment
+from . import export, info, segment
 
-ALL = (segment, info)
+ALL = (segment, export, info)
