@@ -24,19 +24,6 @@ from AbdoSegLib.resources import SAMPLE_CT
 ABDOSEG = [sys.executable, "-m", "AbdoSegLib.cli"]
 
 
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory) -> Path:
-    from AbdoSegLib.bundle import save_bundle
-    from AbdoSegLib.preprocessing import Preprocessing
-    from AbdoSegLib.vnet import VNet, VNetConfig
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("bundle") / "tiny.safetensors"
-    network = VNet(VNetConfig(width=4, depth=2, convs_per_stage=(1, 1, 1)))
-    save_bundle(path, network, Preprocessing((3.0, 3.0, 3.0), (-200.0, 400.0)), (32, 32, 32), "tiny-test", "2026-11-26")
-    return path
-
-
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     """Run the command line in a child process, as a user would."""
     env = dict(os.environ, OMP_NUM_THREADS="2")
@@ -55,10 +42,10 @@ def assert_refused(result: subprocess.CompletedProcess, *phrases: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def segmented(tmp_path_factory, tiny_bundle) -> Path:
+def segmented(tmp_path_factory, tiny_bundle_path) -> Path:
     """The sample CT segmented once through the command line (in-process)."""
     out = tmp_path_factory.mktemp("cli") / "result"
-    assert main(["segment", str(SAMPLE_CT), "-o", str(out), "--model", str(tiny_bundle), "--progress", "none"]) == 0
+    assert main(["segment", str(SAMPLE_CT), "-o", str(out), "--model", str(tiny_bundle_path), "--progress", "none"]) == 0
     return out
 
 
@@ -87,7 +74,7 @@ def test_segment_writes_a_slicer_segmentation_with_terminology(segmented):
     np.testing.assert_allclose(lps_to_ras @ info["ijkToLPS"], labels.affine, atol=1e-4)
 
 
-def test_segment_summary_reports_organs_model_and_timings(segmented, tiny_bundle):
+def test_segment_summary_reports_organs_model_and_timings(segmented, tiny_bundle_path):
     summary = json.loads((segmented / SUMMARY_FILE).read_text())
     labels = read_image(segmented / LABELS_FILE)
     ct = read_image(SAMPLE_CT)
@@ -99,13 +86,13 @@ def test_segment_summary_reports_organs_model_and_timings(segmented, tiny_bundle
         if voxels:
             assert entry["mean_hu"] == pytest.approx(float(ct.array[labels.array == organ.label].mean()), abs=0.1)
     assert summary["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert summary["model"]["path"] == str(tiny_bundle)
+    assert summary["model"]["path"] == str(tiny_bundle_path)
     assert len(summary["model"]["sha256"]) == 64
     assert {"read", "preprocess", "inference", "postprocess", "write", "total"} <= set(summary["timings_s"])
 
 
-def test_json_progress_lines(tmp_path, tiny_bundle):
-    result = run_cli("segment", str(SAMPLE_CT), "-o", str(tmp_path / "out"), "--model", str(tiny_bundle), "--progress", "json")
+def test_json_progress_lines(tmp_path, tiny_bundle_path):
+    result = run_cli("segment", str(SAMPLE_CT), "-o", str(tmp_path / "out"), "--model", str(tiny_bundle_path), "--progress", "json")
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
     stages = [event["stage"] for event in events]
@@ -114,13 +101,13 @@ def test_json_progress_lines(tmp_path, tiny_bundle):
     assert all(0.0 <= event["fraction"] <= 1.0 and isinstance(event["message"], str) for event in events)
 
 
-def test_existing_output_is_kept_unless_forced(tmp_path, tiny_bundle):
+def test_existing_output_is_kept_unless_forced(tmp_path, tiny_bundle_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert_refused(run_cli("segment", str(SAMPLE_CT), "-o", str(out), "--model", str(tiny_bundle)), str(out), "--force")
+    assert_refused(run_cli("segment", str(SAMPLE_CT), "-o", str(out), "--model", str(tiny_bundle_path)), str(out), "--force")
     assert (out / "keep.txt").read_text() == "mine"
-    assert main(["segment", str(SAMPLE_CT), "-o", str(out), "--model", str(tiny_bundle), "--force", "--progress", "none"]) == 0
+    assert main(["segment", str(SAMPLE_CT), "-o", str(out), "--model", str(tiny_bundle_path), "--force", "--progress", "none"]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted([LABELS_FILE, SEGMENTATION_FILE, SUMMARY_FILE])
 
 
@@ -145,7 +132,7 @@ def _sample_array() -> np.ndarray:
         ("not_an_image", ("could not be read",)),
     ],
 )
-def test_bad_ct_is_refused_and_nothing_is_written(tmp_path, tiny_bundle, case, phrases):
+def test_bad_ct_is_refused_and_nothing_is_written(tmp_path, tiny_bundle_path, case, phrases):
     ct = tmp_path / "input.nii.gz"
     if case == "truncated":
         data = SAMPLE_CT.read_bytes()
@@ -164,35 +151,35 @@ def test_bad_ct_is_refused_and_nothing_is_written(tmp_path, tiny_bundle, case, p
         ct = tmp_path / "notes.nii.gz"
         ct.write_bytes(gzip.compress(b"this is not an image"))
     out = tmp_path / "out"
-    result = run_cli("segment", str(ct), "-o", str(out), "--model", str(tiny_bundle))
+    result = run_cli("segment", str(ct), "-o", str(out), "--model", str(tiny_bundle_path))
     assert_refused(result, str(ct), *phrases)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 @pytest.mark.parametrize("case", ["missing", "random_bytes", "truncated"])
-def test_bad_model_is_refused(tmp_path, tiny_bundle, case):
+def test_bad_model_is_refused(tmp_path, tiny_bundle_path, case):
     model = tmp_path / "model.safetensors"
     if case == "random_bytes":
         model.write_bytes(np.random.default_rng(0).bytes(4096))
     elif case == "truncated":
-        data = tiny_bundle.read_bytes()
+        data = tiny_bundle_path.read_bytes()
         model.write_bytes(data[: len(data) // 2])
     result = run_cli("segment", str(SAMPLE_CT), "-o", str(tmp_path / "out"), "--model", str(model))
     assert_refused(result, str(model))
     assert not (tmp_path / "out").exists()
 
 
-def test_unwritable_output_is_refused(tmp_path, tiny_bundle):
+def test_unwritable_output_is_refused(tmp_path, tiny_bundle_path):
     # /proc takes no new folders, even for root; a file as the parent takes none either.
-    assert_refused(run_cli("segment", str(SAMPLE_CT), "-o", "/proc/abdoseg-out", "--model", str(tiny_bundle)), "/proc/abdoseg-out")
+    assert_refused(run_cli("segment", str(SAMPLE_CT), "-o", "/proc/abdoseg-out", "--model", str(tiny_bundle_path)), "/proc/abdoseg-out")
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    assert_refused(run_cli("segment", str(SAMPLE_CT), "-o", str(blocker / "out"), "--model", str(tiny_bundle)), str(blocker))
+    assert_refused(run_cli("segment", str(SAMPLE_CT), "-o", str(blocker / "out"), "--model", str(tiny_bundle_path)), str(blocker))
 
 
-def test_cuda_device_runs_on_a_gpu_and_is_refused_without_one(tmp_path, tiny_bundle):
-    result = run_cli("segment", str(SAMPLE_CT), "-o", str(tmp_path / "out"), "--model", str(tiny_bundle), "--device", "cuda")
+def test_cuda_device_runs_on_a_gpu_and_is_refused_without_one(tmp_path, tiny_bundle_path):
+    result = run_cli("segment", str(SAMPLE_CT), "-o", str(tmp_path / "out"), "--model", str(tiny_bundle_path), "--device", "cuda")
     if torch.cuda.is_available():
         assert result.returncode == 0, result.stderr
         assert json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())["device"].startswith("cuda")
@@ -201,8 +188,8 @@ def test_cuda_device_runs_on_a_gpu_and_is_refused_without_one(tmp_path, tiny_bun
         assert not (tmp_path / "out").exists()
 
 
-def test_info_prints_bundle_metadata(tiny_bundle, capsys):
-    assert main(["info", str(tiny_bundle)]) == 0
+def test_info_prints_bundle_metadata(tiny_bundle_path, capsys):
+    assert main(["info", str(tiny_bundle_path)]) == 0
     metadata = json.loads(capsys.readouterr().out)
     assert metadata["architecture"]["name"] == "vnet"
     assert metadata["labels"] == [{"label": o.label, "name": o.name} for o in ORGANS]
