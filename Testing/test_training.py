@@ -18,6 +18,7 @@ from AbdoSegLib.bundle import load_bundle
 from AbdoSegLib.cli import main as abdoseg
 from AbdoSegLib.commands.segment import LABELS_FILE
 from AbdoSegLib.imageio import read_image
+from AbdoSegLib.labelmaps import parse_mapping
 from AbdoSegLib.organs import NUM_CLASSES
 from AbdoSegLib.resources import SAMPLE_CT, SAMPLE_REFERENCE
 from abdoseg_train.augment import Augmenter, flip_left_right, swap_labelled
@@ -209,5 +210,85 @@ def test_bad_training_data_is_refused_naming_the_case(tmp_path, problem):
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("training")]
     assert len(lines) == 1 and lines[0].startswith("abdoseg-train: error: ")
-    assert ("bad_case" in lines[0]) if problem != "empty" else ("no case folders" in lines[0])
+    assert ("bad_case" in lines[0]) if problem != "empty" else ("no training cases" in lines[0])
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def _sample_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A crop of the sample holding all four organs: CT (int16), reference labels (AbdoSeg ids), affine."""
+    crop = (slice(10, 100), slice(20, 80), slice(80, 100))
+    ct = nib.load(str(SAMPLE_CT))
+    offset = np.eye(4)
+    offset[:3, 3] = [s.start for s in crop]
+    labels = np.asarray(nib.load(str(SAMPLE_REFERENCE)).dataobj)[crop].astype(np.uint8)
+    return np.asarray(ct.dataobj)[crop].astype(np.int16), labels, ct.affine @ offset
+
+
+def _to_ids(labels: np.ndarray, ours_to_theirs: dict[int, int]) -> np.ndarray:
+    out = np.zeros(labels.shape, np.uint8)
+    for ours, theirs in ours_to_theirs.items():
+        out[labels == ours] = theirs
+    return out
+
+
+def test_dataset_layouts_map_labels_to_abdoseg_ids(tmp_path):
+    import SimpleITK as sitk
+
+    ct, labels, affine = _sample_arrays()
+    save = lambda array, path: nib.save(nib.Nifti1Image(array, affine), str(path))  # noqa: E731
+    # nnU-Net v2: FLARE22 ids (liver 1, right kidney 2, spleen 3, left kidney 13), names in dataset.json.
+    nnunet = tmp_path / "Dataset022_FLARE"
+    (nnunet / "imagesTr").mkdir(parents=True)
+    (nnunet / "labelsTr").mkdir()
+    save(ct, nnunet / "imagesTr" / "FLARE_001_0000.nii.gz")
+    save(_to_ids(labels, {1: 1, 2: 2, 3: 13, 4: 3}), nnunet / "labelsTr" / "FLARE_001.nii.gz")
+    (nnunet / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "right kidney": 2, "spleen": 3, "pancreas": 4, "left kidney": 13}}))
+    # Decathlon Task09: spleen only, labels {id: name}.
+    decathlon = tmp_path / "Task09_Spleen"
+    (decathlon / "imagesTr").mkdir(parents=True)
+    (decathlon / "labelsTr").mkdir()
+    save(ct, decathlon / "imagesTr" / "spleen_1.nii.gz")
+    save((labels == 4).astype(np.uint8), decathlon / "labelsTr" / "spleen_1.nii.gz")
+    (decathlon / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "spleen"}}))
+    # images/ + labels/ with BTCV ids and a preset.
+    pairs = tmp_path / "btcv"
+    (pairs / "images").mkdir(parents=True)
+    (pairs / "labels").mkdir()
+    save(ct, pairs / "images" / "img0001.nii.gz")
+    save(_to_ids(labels, {1: 6, 2: 2, 3: 3, 4: 1}), pairs / "labels" / "img0001.nii.gz")
+    # TotalSegmentator subject: one mask per structure, the left kidney missing.
+    subjects = tmp_path / "totalseg"
+    (subjects / "s0001" / "segmentations").mkdir(parents=True)
+    save(ct, subjects / "s0001" / "ct.nii.gz")
+    for name, label in (("liver", 1), ("kidney_right", 2), ("spleen", 4)):
+        save((labels == label).astype(np.uint8), subjects / "s0001" / "segmentations" / f"{name}.nii.gz")
+    # 3D-IRCADb patient: DICOM series of the CT and of the liver mask (0/255).
+    patients = tmp_path / "ircad"
+    for folder, array in (("PATIENT_DICOM", ct), ("MASKS_DICOM/liver", (labels == 1).astype(np.int16) * 255)):
+        (patients / "p1" / folder).mkdir(parents=True)
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+        image.SetSpacing([float(s) for s in np.linalg.norm(affine[:3, :3], axis=0)])
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        for k in range(array.shape[2]):
+            sl = image[:, :, k]
+            sl.SetMetaData("0020|0013", str(k + 1))
+            sl.SetMetaData("0020|0032", f"0\\0\\{k * 3.0}")
+            sl.SetMetaData("0020|000e", "1.2.3." + str(len(folder)))
+            writer.SetFileName(str(patients / "p1" / folder / f"{k:03d}.dcm"))
+            writer.Execute(sl)
+
+    expected = {
+        (nnunet, None): (1, 2, 3, 4),
+        (decathlon, None): (4,),
+        (pairs, "btcv"): (1, 2, 3, 4),
+        (subjects, None): (1, 2, 4),
+        (patients, None): (1,),
+    }
+    for (root, preset), labelled in expected.items():
+        cases = discover_cases(root, parse_mapping(preset) if preset else None)
+        assert len(cases) == 1 and cases[0].labelled == labelled, root.name
+        loaded = cases[0].load_labels().array
+        want = np.where(np.isin(labels, labelled), labels, 0)
+        np.testing.assert_array_equal(np.asarray(loaded), want, err_msg=root.name)
+        assert set(np.unique(want)) == {0, *labelled}  # every labelled organ is in the crop

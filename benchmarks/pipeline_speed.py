@@ -347,7 +347,7 @@ def benchmark(args: argparse.Namespace, sample: Path) -> int:
           f"{abdoseg_windows} window(s); write = labels.nii.gz + segmentation.seg.nrrd + organ measurements")
     organs = results["AbdoSeg"]["organs"]
     print("- AbdoSeg found (mL): " + ", ".join(f"{name} {o['volume_ml']:.0f}" for name, o in organs.items())
-          + f"; postprocess time grows with the organs' bounding boxes (an untrained bundle labels most of the volume)")
+          + "; postprocess time grows with the organs' bounding boxes (an untrained bundle labels most of the volume)")
     print(f"- MONAI VNet: untrained, model grid {'x'.join(map(str, monai_grid))} at 3 mm, window "
           f"{'x'.join(map(str, MONAI_ROI))}, {monai_windows} window(s); write = labels.nii.gz")
     print(f"- each pipeline ran once in its own child process; total wall includes interpreter start and imports; "

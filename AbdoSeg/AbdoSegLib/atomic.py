@@ -12,6 +12,17 @@ from typing import Iterator
 from .errors import AbdoSegError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(path: Path, directory: bool) -> None:
+    """mkstemp/mkdtemp create owner-only entries; give the result the mode a plain open/mkdir would."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary file name beside ``path`` (same suffixes); rename it to ``path`` on success.
@@ -26,6 +37,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     temporary = Path(temporary)
     try:
         yield temporary
+        _usual_mode(temporary, directory=False)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -54,6 +66,7 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
         raise AbdoSegError(f"cannot create the output folder {path} in {parent} ({error.strerror}).") from None
     try:
         yield staging
+        _usual_mode(staging, directory=True)
         if path.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent))
             os.replace(path, retired / path.name)

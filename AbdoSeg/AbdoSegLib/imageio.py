@@ -41,7 +41,7 @@ def read_image(path: str | Path) -> Image:
         itk_image = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
     except (RuntimeError, OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as error:
         raise AbdoSegError(
-            f"{path} could not be read as an image ({_first_line(error)}); "
+            f"{path} could not be read as an image ({first_line(error)}); "
             f"it may be truncated or in another format (readable: {READABLE})."
         ) from None
     return _to_image(itk_image, path)
@@ -112,7 +112,7 @@ def _to_image(itk_image: sitk.Image, path: Path) -> Image:
     return Image(np.array(array, copy=True), LPS_TO_RAS @ affine_lps)
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
     """The informative line of a reader's error (ITK messages start with source locations)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     useful = [line for line in lines if not (line.startswith("Exception thrown") or ".hxx" in line or ".cxx" in line)]

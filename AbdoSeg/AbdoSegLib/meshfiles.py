@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy
-from vtkmodules.vtkCommonCore import vtkStringArray
+from vtkmodules.vtkCommonCore import vtkDataArray, vtkStringArray
 from vtkmodules.vtkCommonDataModel import vtkPolyData
 from vtkmodules.vtkFiltersCore import vtkAppendPolyData
 from vtkmodules.vtkIOGeometry import vtkSTLWriter
@@ -25,6 +25,7 @@ from vtkmodules.vtkIOPLY import vtkPLYWriter
 from vtkmodules.vtkIOXML import vtkXMLPolyDataWriter
 
 from .atomic import atomic_path
+from .errors import AbdoSegError
 from .organs import Organ
 
 FORMATS = ("stl", "obj", "ply", "vtp")
@@ -50,7 +51,6 @@ def write_meshes(meshes: dict[Organ, vtkPolyData], path: Path, space: str) -> li
             writer.SetInputData(_append(meshes))
         elif fmt == "ply":
             writer = vtkPLYWriter()
-            writer.AddComment(f"SPACE={space}")
             writer.AddComment(header)
             writer.SetFileTypeToBinary()
             writer.SetArrayName(_COLOURS)
@@ -66,7 +66,7 @@ def write_meshes(meshes: dict[Organ, vtkPolyData], path: Path, space: str) -> li
             raise ValueError(f"unknown surface format {fmt!r}; the formats are {FORMATS}")
         writer.SetFileName(str(temporary))
         if not writer.Write():
-            raise OSError(f"VTK could not write {path}")
+            raise AbdoSegError(f"could not write {path}; is the disk full or the folder read-only?")
     return [path]
 
 
@@ -93,7 +93,7 @@ def _append(meshes: dict[Organ, vtkPolyData], colours: bool = False, label_ids: 
     return merged
 
 
-def _named(array, name: str):
+def _named(array: vtkDataArray, name: str) -> vtkDataArray:
     array.SetName(name)
     return array
 

@@ -52,6 +52,7 @@ METRICS = ("dice", "nsd", "hd", "hd95", "assd", "volume_pred_ml", "volume_ref_ml
 _ROUNDING_MM = 1e-6
 
 COMPARED, BOTH_EMPTY, PREDICTION_EMPTY, REFERENCE_EMPTY = "compared", "both_empty", "prediction_empty", "reference_empty"
+"""The ``status`` of an organ's entry: found on both sides, on neither, or on one side only."""
 
 
 def dice(prediction: np.ndarray, reference: np.ndarray) -> float | None:
@@ -118,7 +119,7 @@ def _union_box(pred_boxes: list, ref_boxes: list, label: int) -> tuple[slice, ..
     return tuple(slice(min(b[axis].start for b in boxes), max(b[axis].stop for b in boxes)) for axis in range(3))
 
 
-def _compare_organ(pred: np.ndarray, ref: np.ndarray, label: int, box, grid: Image, tolerance: float) -> dict:
+def _compare_organ(pred: np.ndarray, ref: np.ndarray, label: int, box: tuple[slice, ...] | None, grid: Image, tolerance: float) -> dict:
     """One organ's metrics; the masks are cut to ``box`` (their union bounding box) first."""
     entry = {"status": BOTH_EMPTY, "dice": None, "nsd": None, "nsd_tolerance_mm": tolerance, "hd": None, "hd95": None, "assd": None,
              "volume_pred_ml": 0.0, "volume_ref_ml": 0.0, "volume_diff_ml": 0.0}
@@ -133,7 +134,7 @@ def _compare_organ(pred: np.ndarray, ref: np.ndarray, label: int, box, grid: Ima
     if pred_voxels == 0 or ref_voxels == 0:
         entry.update(status=PREDICTION_EMPTY if pred_voxels == 0 else REFERENCE_EMPTY, nsd=0.0, hd=math.inf, hd95=math.inf, assd=math.inf)
         return entry
-    (pred_d, pred_a), (ref_d, ref_a) = _surface_distances(pred_mask, ref_mask, grid.affine[:3, :3])
+    (pred_d, pred_a), (ref_d, ref_a) = _surface_distances(pred_mask, ref_mask, grid)
     total_area = pred_a.sum() + ref_a.sum()
     within = tolerance + _ROUNDING_MM
     entry.update(
@@ -146,30 +147,34 @@ def _compare_organ(pred: np.ndarray, ref: np.ndarray, label: int, box, grid: Ima
     return entry
 
 
-def _surface_distances(mask_a: np.ndarray, mask_b: np.ndarray, linear: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+def _surface_distances(mask_a: np.ndarray, mask_b: np.ndarray, grid: Image) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     """For each mask's surfels: (distance in mm to the other surface, area in mm^2), both shape (N,).
 
-    mask_a, mask_b: boolean (I, J, K) on one grid, each non-empty; linear: the grid's 3x3
-    voxel-to-world matrix (columns = voxel axes in mm). Distances are exact Euclidean ones
+    mask_a, mask_b: boolean (I, J, K), each non-empty, cut from ``grid`` (any box of it: only
+    the voxel-to-world matrix and the spacing matter). Distances are exact Euclidean ones
     between surfel positions in world space, from a k-d tree over the other surface's surfels
     (cheaper than surface-distance's distance transform of the whole box, which the organs'
     large, thin-walled boxes make slow). A surfel that lies on both surfaces is at distance 0
     and is not queried.
     """
-    areas, kernel = _surfel_table(tuple(float(s) for s in np.linalg.norm(linear, axis=0)))
-    border_a, code_a = _surfels(mask_a, kernel)
-    border_b, code_b = _surfels(mask_b, kernel)
-    result = []
-    for border, code, other in ((border_a, code_a, border_b), (border_b, code_b, border_a)):
+    areas, kernel = _surfel_table(tuple(float(s) for s in grid.spacing))
+    linear = grid.affine[:3, :3]
+    surfaces = []
+    for mask in (mask_a, mask_b):
+        border, code = _surfels(mask, kernel)
         index = np.nonzero(border)
-        off_other = ~other[index]
-        distances = np.zeros(len(index[0]))
+        # einsum, not matmul: a 3x3 product gains nothing from BLAS threads, which stall on a busy machine.
+        points = np.einsum("nk,jk->nj", np.stack(index, axis=1).astype(np.float64), linear)
+        surfaces.append((border, index, points, areas[code[index]]))
+    result = []
+    for (_, index, points, surfel_areas), (other_border, _, other_points, _) in (surfaces, surfaces[::-1]):
+        off_other = ~other_border[index]
+        distances = np.zeros(len(points))
         if off_other.any():
             # An unbalanced tree with larger leaves builds faster on grid points and queries as fast.
-            tree = cKDTree(np.argwhere(other).astype(np.float64) @ linear.T, leafsize=32, balanced_tree=False, compact_nodes=False)
-            queries = np.stack(index, axis=1)[off_other].astype(np.float64) @ linear.T
-            distances[off_other] = tree.query(queries, workers=-1)[0]
-        result.append((distances, areas[code[index]]))
+            tree = cKDTree(other_points, leafsize=32, balanced_tree=False, compact_nodes=False)
+            distances[off_other] = tree.query(points[off_other], workers=-1)[0]
+        result.append((distances, surfel_areas))
     return tuple(result)
 
 

@@ -6,10 +6,10 @@ Layout (``PANEL`` pixels square each, a legend strip of ``LEGEND_HEIGHT`` below)
     sagittal  | 3D surfaces, seen from the front
 
 Each slice is the one across its axis that shows most of every organ (see
-``_slice_positions``), in the radiological convention that Slicer uses: axial with the patient's right on the image's
-left and anterior up; coronal with the right on the left and superior up; sagittal with
-anterior on the left and superior up. Each slice keeps the proportions of its millimetres
-(voxel spacing), CT in an abdomen window (W400/L40). Labels are filled in their organ
+``_slice_positions``), in the radiological convention that Slicer uses: axial with the
+patient's right on the image's left and anterior up; coronal with the right on the left and
+superior up; sagittal with anterior on the left and superior up. Each slice keeps the
+proportions of its millimetres (voxel spacing), CT in an abdomen window (W400/L40). Labels are filled in their organ
 colours at ``ALPHA`` opacity; a reference segmentation, when given, is drawn as outlines.
 
 3D rendering is off-screen through EGL (VTK's ``vtkEGLRenderWindow``): no display is needed,
@@ -30,6 +30,7 @@ from PIL import Image as PILImage  # noqa: E402
 from PIL import ImageDraw, ImageFont  # noqa: E402
 from scipy import ndimage  # noqa: E402
 from vtkmodules.util.numpy_support import vtk_to_numpy  # noqa: E402
+from vtkmodules.vtkCommonCore import vtkLogger  # noqa: E402
 from vtkmodules.vtkRenderingCore import (  # noqa: E402
     vtkActor,
     vtkPolyDataMapper,
@@ -39,11 +40,12 @@ from vtkmodules.vtkRenderingCore import (  # noqa: E402
 )
 
 from .atomic import atomic_path  # noqa: E402
+from .errors import AbdoSegError  # noqa: E402
 from .image import Image  # noqa: E402
-from .organs import NUM_CLASSES, ORGANS  # noqa: E402
+from .organs import ORGANS  # noqa: E402
 from .preprocessing import canonical  # noqa: E402
 from .regrid import labels_onto_grid  # noqa: E402
-from .surfaces import organ_surfaces  # noqa: E402
+from .surfaces import organ_boxes, organ_surfaces  # noqa: E402
 
 PANEL = 400
 """Width and height of each of the four panels, in pixels."""
@@ -114,20 +116,23 @@ def _slice_positions(labels: np.ndarray) -> tuple[int, int, int]:
     most of them: a sagittal one runs down the midline, between the liver and the spleen.)
     The volume's centre when there is no organ.
     """
-    positions = np.nonzero(labels)
-    if not positions[0].size:
+    boxes = organ_boxes(labels)
+    if not boxes:
         return tuple(n // 2 for n in labels.shape)
-    values = labels[positions].astype(np.int64)
-    best = []
-    for axis, size in enumerate(labels.shape):
-        areas = np.bincount(positions[axis] * NUM_CLASSES + values, minlength=size * NUM_CLASSES).reshape(size, NUM_CLASSES)[:, 1:]
-        largest = areas.max(axis=0)
-        best.append(int(np.argmax((areas[:, largest > 0] / largest[largest > 0]).sum(axis=1))))
-    return tuple(best)
+    scores = [np.zeros(n) for n in labels.shape]
+    for organ, box in boxes.items():
+        inside = labels[box] == organ.label
+        for axis, score in enumerate(scores):
+            area = inside.sum(axis=tuple(other for other in range(3) if other != axis))
+            score[box[axis]] += area / area.max()
+    return tuple(int(np.argmax(score)) for score in scores)
 
 
 def _oriented_slice(array: np.ndarray, axis: int, position: int, row_axis: int, column_axis: int) -> np.ndarray:
-    """The plane ``position`` across ``axis`` as a picture: rows along ``row_axis`` and columns along ``column_axis``, both from high to low index."""
+    """The plane ``position`` across ``axis`` as a picture (rows, columns).
+
+    Rows run along ``row_axis`` and columns along ``column_axis``, both from high to low index.
+    """
     plane = np.take(array, position, axis=axis)
     remaining = [a for a in range(3) if a != axis]
     return plane.transpose(remaining.index(row_axis), remaining.index(column_axis))[::-1, ::-1]
@@ -187,14 +192,27 @@ def _render_surfaces(labels: Image) -> np.ndarray:
     renderer.ResetCamera()
     camera.Zoom(1.3)
 
-    window = vtkRenderWindow()
-    window.SetOffScreenRendering(True)
-    window.SetSize(PANEL - 2 * MARGIN, PANEL - 2 * MARGIN)
-    window.AddRenderer(renderer)
+    # Where EGL cannot start, VTK logs its fallbacks as warnings; the one sentence below says it.
+    verbosity = vtkLogger.GetCurrentVerbosityCutoff()
+    vtkLogger.SetStderrVerbosity(vtkLogger.VERBOSITY_ERROR)
+    try:
+        window = vtkRenderWindow()
+        window.SetOffScreenRendering(True)
+        window.SetSize(PANEL - 2 * MARGIN, PANEL - 2 * MARGIN)
+        window.AddRenderer(renderer)
+        window.Initialize()
+    finally:
+        vtkLogger.SetStderrVerbosity(verbosity)
+    if not window.IsCurrent():  # no OpenGL context: rendering now would crash the process
+        raise AbdoSegError(
+            "the preview's 3D view could not start OpenGL off-screen (EGL); install libEGL and a Mesa driver "
+            "(Debian/Ubuntu: apt-get install libegl1 libgl1-mesa-dri)."
+        )
     window.Render()
     grab = vtkWindowToImageFilter()
     grab.SetInput(window)
     grab.SetInputBufferTypeToRGB()
+    grab.ShouldRerenderOff()
     grab.ReadFrontBufferOff()
     grab.Update()
     width, height, _ = grab.GetOutput().GetDimensions()

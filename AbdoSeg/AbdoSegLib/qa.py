@@ -74,14 +74,13 @@ def qa_report(labels: Image, ct: Image | None = None) -> dict:
                 f"The {organ.title.lower()} volume, {volume_ml:.0f} mL, is outside the typical adult range of {low:.0f}-{high:.0f} mL{edge}."
             )
     midline_x, midline_from = _midline_x(labels, ct)
-    checks = _laterality_checks({name: c[0] for name, c in centroids.items() if c is not None}, midline_x)
-    warnings += [check.pop("warning") for check in checks if not check["ok"]]
-    for check in checks:
-        check.pop("warning", None)
+    findings = _laterality_checks({name: c[0] for name, c in centroids.items() if c is not None}, midline_x)
+    warnings += [warning for check, warning in findings if not check["ok"]]
+    checks = [check for check, _ in findings]
     return {
         "volumes": volumes,
         "laterality": {
-            "midline_x_mm": round(midline_x, 1),
+            "midline_x_mm": midline_x,
             "midline_from": midline_from,
             "centroids_ras_mm": {name: None if c is None else [round(v, 1) for v in c] for name, c in centroids.items()},
             "checks": checks,
@@ -91,10 +90,10 @@ def qa_report(labels: Image, ct: Image | None = None) -> dict:
     }
 
 
-def _laterality_checks(x_mm: dict[str, float], midline_x: float) -> list[dict]:
-    """One check per pair with an organ present: {"rule", "ok", "x_mm", "warning"} (x_mm: world x in RAS mm)."""
+def _laterality_checks(x_mm: dict[str, float], midline_x: float) -> list[tuple[dict, str]]:
+    """One (check, warning if it fails) per pair with an organ present; check = {"rule", "ok", "x_mm"} (world x, RAS mm)."""
     flipped = "the labels or the image's header may be left-right flipped"
-    checks = []
+    findings = []
     for right_name, left_name in LATERALITY_PAIRS:
         right, left = organ_by_name(right_name).title.lower(), organ_by_name(left_name).title.lower()
         if right_name in x_mm and left_name in x_mm:
@@ -112,8 +111,8 @@ def _laterality_checks(x_mm: dict[str, float], midline_x: float) -> list[dict]:
             values = {name: x, "midline": midline_x}
         else:
             continue
-        checks.append({"rule": rule, "ok": bool(ok), "x_mm": {k: round(float(v), 1) for k, v in values.items()}, "warning": warning})
-    return checks
+        findings.append(({"rule": rule, "ok": bool(ok), "x_mm": {k: round(float(v), 1) for k, v in values.items()}}, warning))
+    return findings
 
 
 def _midline_x(labels: Image, ct: Image | None) -> tuple[float, str]:
@@ -121,9 +120,14 @@ def _midline_x(labels: Image, ct: Image | None) -> tuple[float, str]:
     if ct is not None:
         body = np.asarray(ct.array) > BODY_HU
         if body.any():
-            return float(_centroid_ras(body, (0, 0, 0), ct.affine)[0]), "centroid of the body in the CT"
+            return _tidy(_centroid_ras(body, (0, 0, 0), ct.affine)[0]), "centroid of the body in the CT"
     centre = (np.array(labels.shape) - 1) / 2.0
-    return float(labels.affine[0, :3] @ centre + labels.affine[0, 3]), "centre of the field of view"
+    return _tidy(labels.affine[0, :3] @ centre + labels.affine[0, 3]), "centre of the field of view"
+
+
+def _tidy(x_mm: float) -> float:
+    """A coordinate rounded to 0.1 mm, never -0.0 (a centred grid gives floating-point dust around 0)."""
+    return float(round(x_mm, 1)) + 0.0
 
 
 def _centroid_ras(mask: np.ndarray, start: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:

@@ -61,6 +61,7 @@ def organ_surfaces(
     coordinates: "ras" or "lps" world millimetres for the points.
     Returns {organ: triangle mesh with point normals}; organs without a voxel are left out.
     """
+    _check_parameters(coordinates, smoothing, decimation)
     boxes = organ_boxes(labels.array)
     return {organ: organ_surface(labels, organ, box, coordinates, smoothing, decimation) for organ, box in boxes.items()}
 
@@ -86,11 +87,7 @@ def organ_surface(
 
     Returns a triangle mesh with point normals, points in ``coordinates`` ("ras" or "lps") mm.
     """
-    if coordinates not in COORDINATES:
-        raise ValueError(f"coordinates must be one of {COORDINATES}, got {coordinates!r}")
-    for name, factor in (("smoothing", smoothing), ("decimation", decimation)):
-        if not 0.0 <= factor <= 1.0:
-            raise AbdoSegError(f"the {name} factor must be between 0 and 1, got {factor:g}.")
+    _check_parameters(coordinates, smoothing, decimation)
     to_world = (LPS_TO_RAS @ labels.affine) if coordinates == "lps" else labels.affine
     block, origin = _padded_mask(np.asarray(labels.array), box, organ.label)
     return _surface(block, origin, to_world, smoothing, decimation)
@@ -127,6 +124,14 @@ def export_surfaces(
     for organ, mesh in surfaces.items():
         written += write_meshes({organ: mesh}, folder / f"{organ.name}_{space}.{fmt}", space)
     return written
+
+
+def _check_parameters(coordinates: str, smoothing: float, decimation: float) -> None:
+    if coordinates not in COORDINATES:
+        raise ValueError(f"coordinates must be one of {COORDINATES}, got {coordinates!r}")
+    for name, factor in (("smoothing", smoothing), ("decimation", decimation)):
+        if not 0.0 <= factor <= 1.0:
+            raise AbdoSegError(f"the {name} factor must be between 0 and 1, got {factor:g}.")
 
 
 def _padded_mask(array: np.ndarray, box: tuple[slice, ...], label: int) -> tuple[np.ndarray, np.ndarray]:

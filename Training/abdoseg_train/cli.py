@@ -19,6 +19,7 @@ from AbdoSegLib.errors import AbdoSegError
 
 from AbdoSegLib.atomic import atomic_path
 from AbdoSegLib.bundle import load_bundle
+from AbdoSegLib.labelmaps import PRESETS, parse_mapping
 from AbdoSegLib.vnet import VNet
 
 from .cases import discover_cases
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit_parser = commands.add_parser("fit", help="train on labelled CT and export the best model")
     fit_parser.add_argument("--train", type=Path, nargs="+", required=True, help="case folders or folders of cases")
     fit_parser.add_argument("--validate", type=Path, nargs="*", default=[], help="held-out case folders")
+    fit_parser.add_argument("--map", dest="mapping", default=None,
+                            help=f"label ids of the data -> AbdoSeg's: a preset ({', '.join(PRESETS)}) or 'theirs:ours,...'")
     fit_parser.add_argument("-o", "--output", type=Path, required=True, help="model bundle to write (.safetensors)")
     fit_parser.add_argument("--epochs", type=int, default=defaults.epochs)
     fit_parser.add_argument("--iterations-per-epoch", type=int, default=defaults.iterations_per_epoch)
@@ -61,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("model", type=Path, help="model bundle")
     evaluate_parser.add_argument("cases", type=Path, nargs="+", help="case folders or folders of cases")
     evaluate_parser.add_argument("--device", default="auto")
+    evaluate_parser.add_argument("--map", dest="mapping", default=None, help="label ids of the data -> AbdoSeg's (as for fit)")
     evaluate_parser.add_argument("--json", type=Path, default=None, help="write per-case metrics here")
     evaluate_parser.set_defaults(run=run_evaluate)
 
@@ -75,8 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run_fit(args: argparse.Namespace) -> None:
     if args.output.exists() and not args.force:
         raise AbdoSegError(f"{args.output} already exists; choose another name or pass --force.")
-    train = [case for root in args.train for case in discover_cases(root)]
-    validation = [case for root in args.validate for case in discover_cases(root)]
+    mapping = parse_mapping(args.mapping) if args.mapping else None
+    train = [case for root in args.train for case in discover_cases(root, mapping)]
+    validation = [case for root in args.validate for case in discover_cases(root, mapping)]
+    if not train:
+        raise AbdoSegError("no training cases were given.")
     config = TrainConfig(
         spacing_mm=(args.spacing,) * 3, width=args.width, patch=args.patch, batch_size=args.batch_size,
         epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, learning_rate=args.lr,
@@ -88,7 +95,8 @@ def run_fit(args: argparse.Namespace) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> None:
     bundle = load_bundle(args.model)
-    cases = [case for root in args.cases for case in discover_cases(root)]
+    mapping = parse_mapping(args.mapping) if args.mapping else None
+    cases = [case for root in args.cases for case in discover_cases(root, mapping)]
     results = evaluate(bundle, cases, args.device)
     print(organ_table(results))
     if args.json:

@@ -13,7 +13,6 @@ import torch
 from AbdoSegLib.ctcheck import check_ct
 from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.imageio import read_image
-from AbdoSegLib.organs import NUM_CLASSES
 from AbdoSegLib.preprocessing import Preprocessing, labels_to_model_grid, preprocess, same_physical_grid
 from AbdoSegLib.regrid import labels_onto_grid
 
@@ -45,19 +44,17 @@ def prepare(case: Case, spec: Preprocessing, cache_dir: Path | None = None) -> P
     try:
         ct = read_image(case.image)
         check_ct(ct, str(case.image))
-        labels = read_image(case.labels)
+        labels = case.load_labels()
         if not same_physical_grid(labels, ct):
             raise AbdoSegError(
-                f"its label map {case.labels.name} ({'x'.join(map(str, labels.shape))} voxels of "
+                f"its label map ({'x'.join(map(str, labels.shape))} voxels of "
                 f"{'x'.join(f'{s:.2f}' for s in labels.spacing)} mm) is not on the grid of its CT "
-                f"({'x'.join(map(str, ct.shape))} voxels of {'x'.join(f'{s:.2f}' for s in ct.spacing)} mm)"
+                f"({'x'.join(map(str, ct.shape))} voxels of {'x'.join(f'{s:.2f}' for s in ct.spacing)} mm)."
             )
         labels = labels_onto_grid(labels, ct)  # same grid, possibly another voxel order
-        unknown = sorted(set(np.unique(labels.array).tolist()) - set(range(NUM_CLASSES)))
-        if unknown:
-            raise AbdoSegError(f"its label map holds ids {unknown} outside 0..{NUM_CLASSES - 1}; map them to AbdoSeg ids first")
     except AbdoSegError as error:
-        raise AbdoSegError(f"case {case.name}: {error}") from None
+        message = str(error)
+        raise AbdoSegError(message if message.startswith(f"case {case.name}") else f"case {case.name}: {message}") from None
     image, grid = preprocess(ct, spec)
     model_labels = labels_to_model_grid(labels, grid)
     if cache_file:
@@ -68,5 +65,7 @@ def prepare(case: Case, spec: Preprocessing, cache_dir: Path | None = None) -> P
 
 def _cache_file(case: Case, spec: Preprocessing, cache_dir: Path) -> Path:
     stat = case.image.stat()
-    key = json.dumps([CACHE_VERSION, str(case.image.resolve()), stat.st_mtime, str(case.labels.resolve()), spec.to_dict()])
+    sources = {"labels": str(case.labels), "masks": {str(k): str(v) for k, v in sorted(case.masks.items())},
+               "mapping": {str(k): v for k, v in sorted((case.mapping or {}).items())}}
+    key = json.dumps([CACHE_VERSION, str(case.image.resolve()), stat.st_mtime, sources, spec.to_dict()])
     return Path(cache_dir) / f"{case.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"

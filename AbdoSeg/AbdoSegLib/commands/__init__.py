@@ -1,5 +1,5 @@
 """The subcommands of ``abdoseg``: each module has ``register(subparsers)`` and a ``run_*(args)``."""
 
-from . import export, info, segment
+from . import compare, export, info, segment
 
-ALL = (segment, export, info)
+ALL = (segment, export, compare, info)

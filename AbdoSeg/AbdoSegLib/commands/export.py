@@ -8,22 +8,14 @@ name (the organ's title or machine name, any case).
 from __future__ import annotations
 
 import argparse
-import zlib
 from pathlib import Path
 
-import nrrd
-import numpy as np
-import slicerio
 
 from ..atomic import atomic_directory
-from ..errors import AbdoSegError
-from ..image import Image
-from ..imageio import LPS_TO_RAS, read_image
+from ..labelmaps import read_labels
 from ..meshfiles import FORMATS
-from ..organs import ORGANS
 from ..surfaces import DECIMATION_FACTOR, SMOOTHING_FACTOR, export_surfaces
 
-SEGMENTATION_SUFFIX = ".seg.nrrd"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -45,49 +37,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    labels = read_labels(args.labels)
+    labels = read_labels(args.labels, mapping=None)
     with atomic_directory(args.output, overwrite=args.force) as staging:
         written = export_surfaces(labels, staging, args.format, args.coordinates, args.merge, args.smoothing, args.decimation)
     for path in written:
         print(args.output / path.name)
     print(f"{len(written)} files in {args.output} ({args.coordinates.upper()} coordinates, mm)")
-
-
-def read_labels(path: Path) -> Image:
-    """An organ labelmap (uint8, ids of organs.py) from a labelmap file or a Slicer .seg.nrrd.
-
-    Raises AbdoSegError when the file holds values that are not whole organ ids.
-    """
-    if path.name.lower().endswith(SEGMENTATION_SUFFIX) and path.is_file():
-        return _read_segmentation(path)
-    labels = read_image(path)
-    array = labels.array
-    allowed = [0] + [organ.label for organ in ORGANS]
-    values = np.unique(array)
-    unknown = values[~np.isin(values, allowed)]
-    if unknown.size:
-        shown = ", ".join(f"{v:g}" for v in unknown[:5]) + (", ..." if unknown.size > 5 else "")
-        table = ", ".join(f"{organ.label} {organ.name}" for organ in ORGANS)
-        raise AbdoSegError(f"{path} holds values ({shown}) that are not organ labels (0 background, {table}).")
-    return labels.with_array(array.astype(np.uint8))
-
-
-def _read_segmentation(path: Path) -> Image:
-    """A Slicer segmentation's segments named like organs, as one organ labelmap on its grid."""
-    try:
-        segmentation = slicerio.read_segmentation(str(path))
-    except (nrrd.NRRDError, OSError, ValueError, KeyError, EOFError, zlib.error) as error:
-        raise AbdoSegError(f"{path} could not be read as a Slicer segmentation ({error}).") from None
-    names = {name.lower(): organ for organ in ORGANS for name in (organ.name, organ.title)}
-    voxels = segmentation["voxels"]
-    array = np.zeros(voxels.shape[-3:], dtype=np.uint8)
-    found = []
-    for segment in segmentation["segments"]:
-        organ = names.get(str(segment.get("name", "")).strip().lower())
-        if organ is not None:
-            array[slicerio.segment_mask(segmentation, segment)] = organ.label
-            found.append(organ)
-    if not found:
-        titles = ", ".join(organ.title for organ in ORGANS)
-        raise AbdoSegError(f"{path} has no segment named like an organ ({titles}).")
-    return Image(array, LPS_TO_RAS @ np.asarray(segmentation["ijkToLPS"], dtype=np.float64))

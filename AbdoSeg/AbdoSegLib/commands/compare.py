@@ -1,0 +1,90 @@
+"""``abdoseg compare PRED REF``: per-organ metrics of a labelmap against a reference.
+
+    abdoseg compare PRED REF [--json OUT.json] [--csv OUT.csv] [--map MAPPING] [--force]
+
+PRED and REF are NIfTI / NRRD labelmaps or Slicer ``.seg.nrrd`` segmentations. PRED uses
+AbdoSeg's organ ids; REF too, unless ``--map`` says how its ids become ours: a preset
+(``PRESETS``) or ``"5:1,2:2,3:3,1:4"`` (their id : our id or organ name); their ids not in the
+map become background. In a .seg.nrrd, segments are matched to organs by terminology (type and
+modifier codes) or, failing that, by name. REF may lie on another grid: it is resampled onto
+PRED's by world position (nearest neighbour).
+
+Prints a table and writes, if asked, JSON ``{organ: {metric: value}}`` and CSV (one row per
+organ). Distances are in mm. A distance involving an organ found on one side only is infinite:
+written "inf" (a string in JSON); metrics of an organ found on neither side are not applicable:
+null in JSON, an empty cell in CSV. ``status`` says which case each organ is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+
+from ..atomic import atomic_path
+from ..errors import AbdoSegError
+from ..labelmaps import PRESETS, parse_mapping, read_labels
+from ..metrics import compare_labelmaps, jsonable
+from ..regrid import labels_onto_grid
+
+COLUMNS = ("status", "dice", "nsd", "nsd_tolerance_mm", "hd", "hd95", "assd", "volume_pred_ml", "volume_ref_ml", "volume_diff_ml")
+"""The CSV columns after ``organ``."""
+
+def register(commands: argparse._SubParsersAction) -> None:
+    compare = commands.add_parser("compare", help="compare a labelmap with a reference: Dice, Hausdorff, NSD, volumes per organ")
+    compare.add_argument("prediction", type=Path, help="labelmap to judge (.nii, .nii.gz, .nrrd or Slicer .seg.nrrd), AbdoSeg ids")
+    compare.add_argument("reference", type=Path, help="reference labelmap or Slicer .seg.nrrd (any grid over the same scan)")
+    compare.add_argument("--json", type=Path, metavar="OUT.json", help="write the metrics as JSON {organ: {metric: value}}")
+    compare.add_argument("--csv", type=Path, metavar="OUT.csv", help="write the metrics as CSV, one row per organ")
+    compare.add_argument("--map", dest="mapping",
+                         help=f"the reference's ids -> ours: a preset ({', '.join(PRESETS)}) or 'theirs:ours,...' such as '5:1,2:2,3:3,1:4'")
+    compare.add_argument("--force", action="store_true", help="replace existing output files")
+    compare.set_defaults(run=run_compare)
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    outputs = [path for path in (args.json, args.csv) if path is not None]
+    for path in outputs:
+        _check_writable(path, args.force)
+    mapping = parse_mapping(args.mapping) if args.mapping else None
+    prediction = read_labels(args.prediction, None)
+    reference = read_labels(args.reference, mapping)
+    resampled = labels_onto_grid(reference, prediction)
+    if reference.array.any() and not resampled.array.any():
+        raise AbdoSegError(f"the organs of {args.reference} all lie outside the field of view of {args.prediction}; are they of the same scan?")
+    results = jsonable(compare_labelmaps(prediction, resampled))
+    print(format_table(results))
+    if args.json is not None:
+        with atomic_path(args.json) as temporary:
+            temporary.write_text(json.dumps(results, indent=2) + "\n")
+    if args.csv is not None:
+        with atomic_path(args.csv) as temporary, open(temporary, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(("organ",) + COLUMNS)
+            for organ, metrics in results.items():
+                writer.writerow([organ] + ["" if metrics[key] is None else metrics[key] for key in COLUMNS])
+    for path in outputs:
+        print(f"wrote {path}")
+
+
+def _check_writable(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise AbdoSegError(f"{path} already exists; choose another name or pass --force to replace it.")
+    if not path.parent.is_dir():
+        raise AbdoSegError(f"cannot write {path}: its folder {path.parent} does not exist.")
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """The metrics as a text table: one row per organ ("n/a": not applicable)."""
+    columns = [("dice", "Dice", 3), ("nsd", "NSD", 3), ("hd", "HD mm", 1), ("hd95", "HD95 mm", 1), ("assd", "ASSD mm", 2),
+               ("volume_pred_ml", "pred mL", 1), ("volume_ref_ml", "ref mL", 1), ("volume_diff_ml", "diff mL", 1)]
+    lines = [f"{'organ':<14}{'status':<18}" + "".join(f"{title:>10}" for _, title, _ in columns)]
+    for organ, metrics in results.items():
+        cells = []
+        for key, _, digits in columns:
+            value = metrics[key]
+            cells.append("n/a" if value is None else value if isinstance(value, str) else f"{value:.{digits}f}")
+        lines.append(f"{organ:<14}{metrics['status']:<18}" + "".join(f"{cell:>10}" for cell in cells))
+    return "\n".join(lines)
