@@ -27,6 +27,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline_speed.py
+	$(BIN)/python benchmarks/compare_speed.py
+	$(BIN)/python benchmarks/surface_speed.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,6 +1,9 @@
 """The ``abdoseg`` command line; each subcommand lives in ``commands/``.
 
-    abdoseg segment CT -o OUTDIR [--model BUNDLE] [--device auto|cpu|cuda] [--progress ...] [--force]
+    abdoseg segment CT -o OUTDIR [--model BUNDLE] [--device auto|cpu|cuda] [--progress ...]
+                   [--surfaces stl|obj|ply|vtp [--lps|--ras] [--merge]] [--png] [--force]
+    abdoseg compare PRED REF [--json OUT.json] [--csv OUT.csv] [--map MAPPING] [--png OUT.png --ct CT]
+    abdoseg export LABELS -o DIR --format stl|obj|ply|vtp [--lps|--ras] [--merge]
     abdoseg info [BUNDLE]
 
 A problem with the input ends with one sentence on stderr and exit code 1.

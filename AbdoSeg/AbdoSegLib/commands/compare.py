@@ -26,7 +26,9 @@ from pathlib import Path
 from ..atomic import atomic_path
 from ..errors import AbdoSegError
 from ..labelmaps import PRESETS, parse_mapping, read_labels
+from ..imageio import read_image
 from ..metrics import compare_labelmaps, jsonable
+from ..preview import render_preview
 from ..regrid import labels_onto_grid
 
 COLUMNS = ("status", "dice", "nsd", "nsd_tolerance_mm", "hd", "hd95", "assd", "volume_pred_ml", "volume_ref_ml", "volume_diff_ml")
@@ -40,14 +42,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("--csv", type=Path, metavar="OUT.csv", help="write the metrics as CSV, one row per organ")
     compare.add_argument("--map", dest="mapping",
                          help=f"the reference's ids -> ours: a preset ({', '.join(PRESETS)}) or 'theirs:ours,...' such as '5:1,2:2,3:3,1:4'")
+    compare.add_argument("--png", type=Path, metavar="OUT.png", help="write a picture: PRED in colour, REF as outlines (needs --ct)")
+    compare.add_argument("--ct", type=Path, help="the CT both labelmaps belong to (background of the picture)")
     compare.add_argument("--force", action="store_true", help="replace existing output files")
     compare.set_defaults(run=run_compare)
 
 
 def run_compare(args: argparse.Namespace) -> None:
-    outputs = [path for path in (args.json, args.csv) if path is not None]
+    outputs = [path for path in (args.json, args.csv, args.png) if path is not None]
     for path in outputs:
         _check_writable(path, args.force)
+    if args.png is not None and args.ct is None:
+        raise AbdoSegError("--png draws the labelmaps over their CT: give it with --ct CT.")
     mapping = parse_mapping(args.mapping) if args.mapping else None
     prediction = read_labels(args.prediction, None)
     reference = read_labels(args.reference, mapping)
@@ -65,6 +71,8 @@ def run_compare(args: argparse.Namespace) -> None:
             writer.writerow(("organ",) + COLUMNS)
             for organ, metrics in results.items():
                 writer.writerow([organ] + ["" if metrics[key] is None else metrics[key] for key in COLUMNS])
+    if args.png is not None:
+        render_preview(read_image(args.ct), prediction, args.png, reference=resampled)
     for path in outputs:
         print(f"wrote {path}")
 

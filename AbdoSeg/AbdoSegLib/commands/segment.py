@@ -1,4 +1,7 @@
-"""``abdoseg segment CT -o OUTDIR``: segment a CT and write labels, a Slicer segmentation and a summary."""
+"""``abdoseg segment CT -o OUTDIR``: segment a CT and write labels, a Slicer segmentation and a summary.
+
+Optionally, in the same run: organ surfaces (``--surfaces stl``) and a picture (``--png``).
+"""
 
 from __future__ import annotations
 
@@ -12,15 +15,21 @@ from ..atomic import atomic_directory, atomic_path
 from ..bundle import load_bundle
 from ..ctcheck import check_ct
 from ..imageio import read_image, write_image
+from ..meshfiles import FORMATS
 from ..predict import segment
+from ..preview import render_preview
 from ..progress import make_progress
 from ..resources import DEFAULT_BUNDLE
 from ..segfile import write_segmentation
+from ..qa import qa_report
 from ..summary import organ_measurements
+from ..surfaces import export_surfaces
 
 LABELS_FILE = "labels.nii.gz"
 SEGMENTATION_FILE = "segmentation.seg.nrrd"
 SUMMARY_FILE = "summary.json"
+PREVIEW_FILE = "preview.png"
+SURFACES_FOLDER = "surfaces"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -31,8 +40,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     seg.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
     seg.add_argument("--progress", choices=["auto", "bar", "json", "none"], default="auto",
                      help="a bar on a terminal (auto), JSON lines for programs (json), or nothing")
+    seg.add_argument("--surfaces", choices=FORMATS, help="also write organ surfaces in this format into OUTDIR/surfaces/")
+    space = seg.add_mutually_exclusive_group()
+    space.add_argument("--lps", dest="coordinates", action="store_const", const="lps", help="surfaces in LPS (Slicer's export default)")
+    space.add_argument("--ras", dest="coordinates", action="store_const", const="ras", help="surfaces in RAS")
+    seg.add_argument("--merge", action="store_true", help="all organs in one surface file")
+    seg.add_argument("--png", action="store_true", help=f"also write a picture of the result ({PREVIEW_FILE})")
     seg.add_argument("--force", action="store_true", help="replace an existing output folder")
-    seg.set_defaults(run=run_segment)
+    seg.set_defaults(run=run_segment, coordinates="lps")
 
 
 def run_segment(args: argparse.Namespace) -> None:
@@ -57,12 +72,24 @@ def run_segment(args: argparse.Namespace) -> None:
         write_image(prediction.labels, staging / LABELS_FILE)
         write_segmentation(prediction.labels, staging / SEGMENTATION_FILE)
         organs = organ_measurements(prediction.labels, ct)
+        qa = qa_report(prediction.labels, ct)
         timings["write"] = time.perf_counter() - start
+        if args.surfaces:
+            start = time.perf_counter()
+            progress("surfaces", 0.0, f"building {args.surfaces.upper()} surfaces")
+            export_surfaces(prediction.labels, staging / SURFACES_FOLDER, args.surfaces, args.coordinates, args.merge)
+            timings["surfaces"] = time.perf_counter() - start
+        if args.png:
+            start = time.perf_counter()
+            progress("picture", 0.0, "drawing the picture")
+            render_preview(ct, prediction.labels, staging / PREVIEW_FILE)
+            timings["picture"] = time.perf_counter() - start
         timings["total"] = sum(timings.values())
         summary = {
             "input": str(args.ct),
             "grid": {"shape": list(ct.shape), "spacing_mm": [round(float(s), 4) for s in ct.spacing]},
             "organs": organs,
+            "qa": qa,
             "device": prediction.device,
             "model": {"id": bundle.model_id, "name": bundle.metadata.get("name"), "sha256": bundle.sha256, "path": str(bundle.path)},
             "timings_s": {stage: round(seconds, 3) for stage, seconds in timings.items()},
@@ -73,12 +100,14 @@ def run_segment(args: argparse.Namespace) -> None:
         progress("done", 1.0, f"wrote {args.output}")
     progress.close()
     if args.progress != "json":
-        print_organs(organs, args.output)
+        print_organs(organs, qa["warnings"], args.output)
 
 
-def print_organs(organs: dict[str, dict], output: Path) -> None:
+def print_organs(organs: dict[str, dict], warnings: list[str], output: Path) -> None:
     print(f"{'organ':<14}{'volume (mL)':>12}{'mean HU':>10}")
     for name, values in organs.items():
         mean_hu = "-" if values["mean_hu"] is None else f"{values['mean_hu']:.0f}"
         print(f"{name:<14}{values['volume_ml']:>12.1f}{mean_hu:>10}")
+    for warning in warnings:
+        print(f"QA warning: {warning}")
     print(f"results in {output}")
