@@ -17,6 +17,7 @@ import torch
 from AbdoSegLib.bundle import load_bundle
 from AbdoSegLib.cli import main as abdoseg
 from AbdoSegLib.commands.segment import LABELS_FILE
+from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.imageio import read_image
 from AbdoSegLib.labelmaps import parse_mapping
 from AbdoSegLib.organs import NUM_CLASSES
@@ -292,3 +293,12 @@ def test_dataset_layouts_map_labels_to_abdoseg_ids(tmp_path):
         want = np.where(np.isin(labels, labelled), labels, 0)
         np.testing.assert_array_equal(np.asarray(loaded), want, err_msg=root.name)
         assert set(np.unique(want)) == {0, *labelled}  # every labelled organ is in the crop
+
+
+def test_label_mapping_from_a_config_file(tmp_path):
+    mapping_file = tmp_path / "btcv.json"
+    mapping_file.write_text(json.dumps({"6": "liver", "2": 2, "3": "left_kidney", "1": "spleen"}))
+    assert parse_mapping(str(mapping_file)) == parse_mapping("btcv") == {6: 1, 2: 2, 3: 3, 1: 4}
+    mapping_file.write_text(json.dumps(["not", "a", "mapping"]))
+    with pytest.raises(AbdoSegError, match="one JSON object"):
+        parse_mapping(str(mapping_file))

@@ -6,6 +6,7 @@ A mapping is {their id: our id}; their ids that are not in it become background 
 
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from pathlib import Path
@@ -37,20 +38,41 @@ _OUR_IDS = ", ".join([f"{BACKGROUND} background"] + [f"{organ.label} {organ.name
 
 
 def parse_mapping(text: str) -> dict[int, int]:
-    """{their id: our id} from a preset name or from 'theirs:ours,...' (ours: an id or an organ name)."""
+    """{their id: our id} from a preset name, a JSON file {"their id": our id or organ name}, or
+    'theirs:ours,...' (ours: an id or an organ name)."""
     if text.strip().lower() in PRESETS:
         return {theirs: organ_by_name(name).label for theirs, name in PRESETS[text.strip().lower()].items()}
+    if text.lower().endswith(".json"):
+        return _mapping_from_file(Path(text))
     if ":" not in text:
-        raise AbdoSegError(f"--map {text!r} is neither a preset ({', '.join(PRESETS)}) nor 'theirs:ours' pairs such as '5:1,2:2,3:3,1:4'.")
-    mapping: dict[int, int] = {}
+        raise AbdoSegError(f"--map {text!r} is neither a preset ({', '.join(PRESETS)}), a .json file, nor 'theirs:ours' pairs such as '5:1,2:2,3:3,1:4'.")
+    pairs = []
     for pair in text.split(","):
         match = re.fullmatch(r"\s*(\d+)\s*:\s*(\w+)\s*", pair)
         if not match:
             raise AbdoSegError(f"--map: {pair.strip()!r} is not a 'theirs:ours' pair of ids, such as '5:1'.")
-        theirs, ours = int(match.group(1)), _our_id(match.group(2))
+        pairs.append((int(match.group(1)), match.group(2)))
+    return _mapping_from_pairs(pairs)
+
+
+def _mapping_from_file(path: Path) -> dict[int, int]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AbdoSegError(f"--map: the mapping file {path} does not exist.") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise AbdoSegError(f"--map: {path} is not a JSON mapping ({error}).") from None
+    if not isinstance(data, dict) or not all(str(k).strip().isdigit() for k in data):
+        raise AbdoSegError(f"--map: {path} must hold one JSON object of their ids to ours, such as {{\"6\": \"liver\", \"1\": \"spleen\"}}.")
+    return _mapping_from_pairs([(int(k), str(v)) for k, v in data.items()])
+
+
+def _mapping_from_pairs(pairs: list[tuple[int, str]]) -> dict[int, int]:
+    mapping: dict[int, int] = {}
+    for theirs, ours in pairs:
         if theirs in mapping:
             raise AbdoSegError(f"--map gives their id {theirs} twice.")
-        mapping[theirs] = ours
+        mapping[theirs] = _our_id(ours)
     return mapping
 
 

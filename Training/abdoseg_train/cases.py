@@ -115,28 +115,27 @@ def case_from_folder(folder: Path) -> Case:
 
 def nnunet_cases(root: Path, mapping: dict[int, int] | None) -> list[Case]:
     """nnU-Net v2 (``CASE_0000.nii.gz``, labels {name: id}) or Decathlon (``CASE.nii.gz``, labels {id: name})."""
-    mapping = mapping or _mapping_from_dataset_json(root)
-    cases = []
-    for label_path in sorted(_images_in(root / "labelsTr")):
-        stem = _stem(label_path)
-        image = next((p for p in _images_in(root / "imagesTr") if _stem(p) in (f"{stem}_0000", stem)), None)
-        if image is None:
-            raise AbdoSegError(f"case {stem}: labelsTr has it but imagesTr has no {stem}_0000 or {stem} image.")
-        cases.append(Case(stem, image, tuple(sorted(set(mapping.values()) - {0})), labels=label_path, mapping=mapping))
-    if not cases:
-        raise AbdoSegError(f"{root / 'labelsTr'} holds no label maps.")
-    return cases
+    return _paired_folders(root / "imagesTr", root / "labelsTr", mapping or _mapping_from_dataset_json(root))
 
 
 def paired_cases(root: Path, mapping: dict[int, int] | None) -> list[Case]:
-    """``images/X`` with ``labels/X`` (same file names)."""
+    """``images/X`` (or ``X_0000``) with ``labels/X``: FLARE22's own layout, among others."""
+    return _paired_folders(root / "images", root / "labels", mapping)
+
+
+def _paired_folders(images: Path, labels: Path, mapping: dict[int, int] | None) -> list[Case]:
+    """One case per label map, with the image of the same name or of the name + ``_0000``."""
     labelled = tuple(sorted(set(mapping.values()) - {0})) if mapping else ALL_ORGANS
+    by_stem = {_stem(p): p for p in _images_in(images)}
     cases = []
-    for image in sorted(_images_in(root / "images")):
-        label = root / "labels" / image.name
-        if not label.exists():
-            raise AbdoSegError(f"case {_stem(image)}: images/ has it but labels/{image.name} is missing.")
-        cases.append(Case(_stem(image), image, labelled, labels=label, mapping=mapping))
+    for label_path in sorted(_images_in(labels)):
+        stem = _stem(label_path)
+        image = by_stem.get(f"{stem}_0000", by_stem.get(stem))
+        if image is None:
+            raise AbdoSegError(f"case {stem}: {labels.name}/ has it but {images.name}/ has no {stem}_0000 or {stem} image.")
+        cases.append(Case(stem, image, labelled, labels=label_path, mapping=mapping))
+    if not cases:
+        raise AbdoSegError(f"{labels} holds no label maps.")
     return cases
 
 

@@ -1,0 +1,255 @@
+"""The Slicer extension's files: ExtensionsIndex entry, CMake lists, the .ui file, icons, sample data.
+
+AbdoSeg.json is checked against the rules of Slicer's catalog entry schema v1.0.2
+(https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json,
+the one the ExtensionsIndex validates with). The schema file is not copied here: its licence
+(the 3D Slicer licence) asks to carry its terms along with any copy, so its rules are written out below.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import re
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+
+from AbdoSegLib.commands import segment as segment_command
+from AbdoSegLib.resources import RESOURCES, SAMPLE_CT
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_DIR = ROOT / "AbdoSeg"
+PROJECT_URL = "https://github.com/abdoseg/SlicerAbdoSeg"
+RAW_URL = "https://raw.githubusercontent.com/abdoseg/SlicerAbdoSeg/main/"
+
+# slicer-extension-catalog-entry-schema-v1.0.2.json: required keys, and each allowed key's JSON type
+# ("additionalProperties": false), enum and range.
+SCHEMA_ID = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json#"
+SCHEMA_REQUIRED = {"$schema", "category", "scm_url"}
+SCHEMA_TYPES = {
+    "$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str, "build_dependencies": list,
+    "dicom_support_rule": str, "build_subdirectory": str, "enabled": bool, "tier": int,
+}
+# ExtensionsIndex's scripts/check_description_files.py ACCEPTED_EXTENSION_CATEGORIES (the ones near ours).
+KNOWN_CATEGORIES = {"Segmentation", "Quantification", "Exporter", "Utilities", "Surface Models", "Analysis"}
+
+
+def cmake_set(text: str, name: str) -> str:
+    """The quoted value of ``set(NAME "value")`` in a CMakeLists.txt."""
+    match = re.search(rf'set\s*\(\s*{name}\s+"([^"]*)"\s*\)', text)
+    assert match, f"no set({name} ...)"
+    return match.group(1)
+
+
+def cmake_list(text: str, name: str) -> list[str]:
+    """The items of ``set(NAME item item ...)`` (one per line), without CMake variables."""
+    match = re.search(rf"set\s*\(\s*{name}\s+(.*?)\)", text, re.S)
+    assert match, f"no set({name} ...)"
+    return [item for item in match.group(1).split() if not item.startswith("$")]
+
+
+# ExtensionsIndex entry and top-level CMakeLists.txt ---------------------------------------------
+
+
+def test_the_extensions_index_entry_follows_the_catalog_schema():
+    path = ROOT / "AbdoSeg.json"
+    raw = path.read_bytes()
+    assert b"\r" not in raw and raw.endswith(b"\n")  # the index wants LF line endings
+    entry = json.loads(raw)
+    assert entry["$schema"] == SCHEMA_ID
+    assert SCHEMA_REQUIRED <= set(entry)
+    assert set(entry) <= set(SCHEMA_TYPES), f"keys the schema does not allow: {set(entry) - set(SCHEMA_TYPES)}"
+    for key, value in entry.items():
+        assert isinstance(value, SCHEMA_TYPES[key]) and not (SCHEMA_TYPES[key] is int and isinstance(value, bool)), key
+    assert all(isinstance(item, str) for item in entry.get("build_dependencies", []))
+    assert entry.get("scm_type", "git") in ("git", "local")
+    assert 1 <= entry.get("tier", 1) <= 5
+    assert entry["category"] in KNOWN_CATEGORIES
+    assert entry["scm_url"] == PROJECT_URL and entry["scm_url"].startswith("https://")
+    assert entry["scm_url"].rsplit("/", 1)[1].startswith("Slicer")  # the index asks repository names to start so
+
+
+def test_the_top_level_cmake_file_matches_the_index_entry():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    entry = json.loads((ROOT / "AbdoSeg.json").read_text())
+    assert re.search(r"^project\(AbdoSeg\)$", text, re.M)  # the index wants the project named like the .json
+    assert cmake_set(text, "EXTENSION_HOMEPAGE") == entry["scm_url"] == PROJECT_URL
+    assert cmake_set(text, "EXTENSION_CATEGORY") == entry["category"]
+    assert cmake_set(text, "EXTENSION_DEPENDS").split() == entry["build_dependencies"] == ["PyTorch"]
+    assert cmake_set(text, "EXTENSION_CONTRIBUTORS") == "AbdoSeg contributors"
+    assert len(cmake_set(text, "EXTENSION_DESCRIPTION")) > 40
+    icon = cmake_set(text, "EXTENSION_ICONURL")
+    assert icon == RAW_URL + "AbdoSeg.png" and (ROOT / icon[len(RAW_URL):]).is_file()
+    screenshots = cmake_set(text, "EXTENSION_SCREENSHOTURLS").split()
+    assert screenshots and all(url.startswith(RAW_URL + "Screenshots/") for url in screenshots)
+    for line in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(AbdoSeg)",
+                 "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
+        assert line in text
+    assert (ROOT / "LICENSE").is_file()
+
+
+# The module's CMakeLists.txt lists every file ----------------------------------------------------
+
+
+def test_the_module_cmake_file_lists_every_lib_file_and_resource():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    scripts = cmake_list(text, "MODULE_PYTHON_SCRIPTS")
+    resources = cmake_list(text, "MODULE_PYTHON_RESOURCES")
+    on_disk_scripts = sorted(p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "AbdoSegLib").rglob("*.py") if "__pycache__" not in p.parts)
+    on_disk_resources = sorted(p.relative_to(MODULE_DIR).as_posix() for p in RESOURCES.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    assert "${MODULE_NAME}.py" in text
+    assert sorted(scripts) == on_disk_scripts, "AbdoSeg/CMakeLists.txt MODULE_PYTHON_SCRIPTS is out of date"
+    assert sorted(resources) == on_disk_resources, "AbdoSeg/CMakeLists.txt MODULE_PYTHON_RESOURCES is out of date"
+    assert "slicerMacroBuildScriptedModule(" in text and "WITH_GENERIC_TESTS" in text
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+
+
+# AbdoSeg.py and its .ui file ----------------------------------------------------------------------
+
+
+def abdoseg_tree() -> ast.Module:
+    return ast.parse((MODULE_DIR / "AbdoSeg.py").read_text())
+
+
+def constant(name: str):
+    for node in abdoseg_tree().body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"AbdoSeg.py has no constant {name}")
+
+
+def parameters() -> dict[str, str]:
+    """{parameter: annotation source} of AbdoSegParameterNode."""
+    for node in abdoseg_tree().body:
+        if isinstance(node, ast.ClassDef) and node.name == "AbdoSegParameterNode":
+            return {item.target.id: ast.unparse(item.annotation) for item in node.body if isinstance(item, ast.AnnAssign)}
+    raise AssertionError("AbdoSeg.py has no AbdoSegParameterNode")
+
+
+def ui_widgets() -> dict[str, ET.Element]:
+    root = ET.parse(RESOURCES / "UI" / "AbdoSeg.ui").getroot()
+    return {widget.get("name"): widget for widget in root.iter("widget")}
+
+
+def widget_property(widget: ET.Element, name: str) -> ET.Element | None:
+    for prop in widget.findall("property"):
+        if prop.get("name") == name:
+            return prop
+    return None
+
+
+def test_every_parameter_has_a_fitting_widget_in_the_ui_file():
+    widgets = ui_widgets()
+    by_parameter = {}
+    for widget in widgets.values():
+        prop = widget_property(widget, "SlicerParameterName")
+        if prop is not None:
+            assert prop.get("stdset") == "0"  # a dynamic property, as connectGui reads it
+            by_parameter[prop.findtext("string")] = widget
+    params = parameters()
+    assert set(by_parameter) == set(params)
+    for name, annotation in params.items():
+        widget = by_parameter[name]
+        kind = widget.get("class")
+        if annotation.startswith("vtkMRML"):
+            assert kind == "qMRMLNodeComboBox", name
+            node_types = [s.text for s in widget_property(widget, "nodeTypes").iter("string")]
+            assert node_types == [annotation], name
+        elif annotation == "pathlib.Path":
+            assert kind in ("ctkPathLineEdit", "ctkDirectoryButton"), name
+        elif annotation in ("Device", "SurfaceFormat", "Coordinates"):
+            assert kind == "QComboBox", name
+        elif annotation == "bool":
+            assert kind == "QCheckBox", name
+        else:
+            match = re.fullmatch(r"Annotated\[float, WithinRange\(([-\d.]+), ([-\d.]+)\)\]", annotation)
+            assert match and kind == "ctkSliderWidget", name  # connectGui needs a bounded float for a slider
+            low, high = (float(v) for v in match.groups())
+            assert float(widget_property(widget, "minimum").findtext("double")) == low
+            assert float(widget_property(widget, "maximum").findtext("double")) == high
+
+
+def test_the_ui_file_has_the_sections_and_every_widget_the_code_uses():
+    widgets = ui_widgets()
+    sections = [w.findtext("property/string") for w in widgets.values() if w.get("class") == "ctkCollapsibleButton"]
+    assert sections == ["Inputs", "Outputs", "Advanced", "Compare", "Export"]
+    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE_DIR / "AbdoSeg.py").read_text()))
+    assert used <= set(widgets), f"widgets missing in AbdoSeg.ui: {used - set(widgets)}"
+    root = ET.parse(RESOURCES / "UI" / "AbdoSeg.ui").getroot()
+    receivers = {c.findtext("receiver") for c in root.iter("connection") if c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    assert receivers == {name for name, w in widgets.items() if w.get("class") == "qMRMLNodeComboBox"}
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    assert {w.get("class") for w in widgets.values() if w.get("class").startswith(("ctk", "qMRML"))} <= declared
+
+
+def test_the_labels_and_summary_names_are_the_commands():
+    assert constant("LABELS_FILE") == segment_command.LABELS_FILE
+    assert constant("SUMMARY_FILE") == segment_command.SUMMARY_FILE
+
+
+def test_slicer_gets_every_package_the_engine_imports():
+    """Slicer's Python must get (PYTHON_REQUIREMENTS) what the command line and the scene layer import."""
+    distribution = {"nrrd": "pynrrd", "PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn", "skimage": "scikit-image"}
+    provided = {"vtk", "vtkmodules", "SimpleITK", "torch", "slicer", "AbdoSegLib"}  # Slicer itself, the PyTorch extension, ourselves
+    required = {re.split(r"[<>=!~ ;\[]", text)[0].lower() for text in constant("PYTHON_REQUIREMENTS")}
+    lib = MODULE_DIR / "AbdoSegLib"
+    seen, todo, imported = set(), [lib / "cli.py", lib / "scene.py", lib / "qa.py"], set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+                continue
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level == 0 and not (node.module or "").startswith("AbdoSegLib"):
+                imported.add(node.module.split(".")[0])
+                continue
+            base = path.parent
+            for _ in range(max(node.level - 1, 0)):
+                base = base.parent
+            parts = (node.module or "").split(".") if node.level else node.module.split(".")[1:]
+            target = lib.joinpath(*parts) if node.level == 0 else base.joinpath(*[p for p in parts if p])
+            candidates = [target.with_suffix(".py"), target / "__init__.py"] + [target / f"{a.name}.py" for a in node.names]
+            todo += [c for c in candidates if c.is_file()]
+    third_party = {name for name in imported if name not in sys.stdlib_module_names and name not in provided}
+    missing = {name for name in third_party if distribution.get(name, name).lower() not in required}
+    assert not missing, f"AbdoSeg.py PYTHON_REQUIREMENTS lacks {missing}"
+
+
+def test_the_sample_data_checksum_and_attribution():
+    assert constant("SAMPLE_CT_SHA256") == hashlib.sha256(SAMPLE_CT.read_bytes()).hexdigest()
+    assert constant("SAMPLE_CT_URL") == RAW_URL + SAMPLE_CT.relative_to(ROOT).as_posix()
+    source = (MODULE_DIR / "AbdoSeg.py").read_text()
+    for words in ("TotalSegmentator dataset", "CC BY 4.0", "Wasserthal", "Radiology: Artificial Intelligence, 2023"):
+        assert words in source
+    readme = (RESOURCES / "SampleData" / "README.md").read_text()
+    assert "CC BY 4.0" in readme and "Wasserthal" in readme
+
+
+# Icons ------------------------------------------------------------------------------------------
+
+
+def test_the_icon_is_a_128_pixel_render_of_the_organs_in_both_places():
+    top, module = ROOT / "AbdoSeg.png", RESOURCES / "Icons" / "AbdoSeg.png"
+    assert top.read_bytes() == module.read_bytes()
+    with PILImage.open(top) as image:
+        assert image.format == "PNG" and image.size == (128, 128) and image.mode == "RGBA"
+        pixels = np.asarray(image)
+    alpha = pixels[..., 3]
+    assert 0.2 < np.mean(alpha == 255) < 0.9 and np.mean(alpha == 0) > 0.1  # organs on a transparent background
+    opaque = pixels[alpha == 255][:, :3]
+    assert len(np.unique(opaque // 8, axis=0)) > 100  # shaded surfaces, not flat placeholder colours
+
+
+def test_the_sample_data_thumbnail_is_there():
+    with PILImage.open(RESOURCES / "Icons" / "AbdoSegSampleCT.png") as image:
+        assert image.format == "PNG" and image.size == (260, 260)
