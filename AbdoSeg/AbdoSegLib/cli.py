@@ -28,17 +28,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse, run the chosen subcommand's ``run(args)``; a user's problem is one line on stderr.
+
+    Returns the exit code: 0, 1 for an AbdoSegError, 130 when interrupted.
+    """
+    args = parser.parse_args(argv)
     try:
         args.run(args)
     except AbdoSegError as error:
-        print(f"abdoseg: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("abdoseg: interrupted; nothing was written.", file=sys.stderr)
+        print(f"{parser.prog}: interrupted; no output was left half-written.", file=sys.stderr)
         return 130
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from AbdoSegLib.errors import AbdoSegError
 
 from AbdoSegLib.atomic import atomic_path
 from AbdoSegLib.bundle import load_bundle
+from AbdoSegLib.cli import run_cli
 from AbdoSegLib.labelmaps import PRESETS, parse_mapping
 from AbdoSegLib.vnet import VNet
 
@@ -116,13 +117,7 @@ def run_export(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        args.run(args)
-    except AbdoSegError as error:
-        print(f"abdoseg-train: error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":
