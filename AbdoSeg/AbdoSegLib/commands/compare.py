@@ -28,7 +28,6 @@ from ..errors import AbdoSegError
 from ..labelmaps import PRESETS, parse_mapping, read_labels
 from ..imageio import read_image
 from ..metrics import compare_labelmaps, jsonable
-from ..preview import render_preview
 from ..regrid import labels_onto_grid
 
 COLUMNS = ("status", "dice", "nsd", "nsd_tolerance_mm", "hd", "hd95", "assd", "volume_pred_ml", "volume_ref_ml", "volume_diff_ml")
@@ -72,6 +71,8 @@ def run_compare(args: argparse.Namespace) -> None:
             for organ, metrics in results.items():
                 writer.writerow([organ] + ["" if metrics[key] is None else metrics[key] for key in COLUMNS])
     if args.png is not None:
+        from ..preview import render_preview  # only when asked: it loads VTK rendering (EGL)
+
         render_preview(read_image(args.ct), prediction, args.png, reference=resampled)
     for path in outputs:
         print(f"wrote {path}")

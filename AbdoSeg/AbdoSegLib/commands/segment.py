@@ -17,7 +17,6 @@ from ..ctcheck import check_ct
 from ..imageio import read_image, write_image
 from ..meshfiles import FORMATS
 from ..predict import segment
-from ..preview import render_preview
 from ..progress import make_progress
 from ..resources import DEFAULT_BUNDLE
 from ..segfile import write_segmentation
@@ -80,6 +79,9 @@ def run_segment(args: argparse.Namespace) -> None:
             export_surfaces(prediction.labels, staging / SURFACES_FOLDER, args.surfaces, args.coordinates, args.merge)
             timings["surfaces"] = time.perf_counter() - start
         if args.png:
+            # Imported only when asked: it loads VTK rendering (EGL), which the Slicer module's process need not.
+            from ..preview import render_preview
+
             start = time.perf_counter()
             progress("picture", 0.0, "drawing the picture")
             render_preview(ct, prediction.labels, staging / PREVIEW_FILE)
