@@ -22,7 +22,7 @@ from AbdoSegLib.imageio import read_image
 from AbdoSegLib.labelmaps import parse_mapping
 from AbdoSegLib.organs import NUM_CLASSES
 from AbdoSegLib.resources import SAMPLE_CT, SAMPLE_REFERENCE
-from abdoseg_train.augment import Augmenter, flip_left_right, swap_labelled
+from abdoseg_train.augment import Augmenter, flip_left_right, random_crop, swap_labelled
 from abdoseg_train.cases import discover_cases
 from abdoseg_train.fit import TrainConfig, fit
 from abdoseg_train.losses import class_mask, marginal_probabilities, partial_dice_ce_loss
@@ -302,3 +302,33 @@ def test_label_mapping_from_a_config_file(tmp_path):
     mapping_file.write_text(json.dumps(["not", "a", "mapping"]))
     with pytest.raises(AbdoSegError, match="one JSON object"):
         parse_mapping(str(mapping_file))
+
+
+def test_crops_centre_on_each_labelled_organ_equally_often():
+    """A big liver and a small kidney: organ-centred crops pick each organ half of the time."""
+    labels = torch.zeros(60, 60, 60, dtype=torch.uint8)
+    labels[5:45, 5:45, 5:45] = 1  # 64000 voxels
+    labels[50:54, 50:54, 50:54] = 2  # 64 voxels
+    case = PreparedCase("two", torch.zeros(labels.shape), labels, (1, 2, 3, 4), np.eye(4))
+    rng = np.random.default_rng(0)
+    centres = [int(random_crop(case, (16, 16, 16), rng, foreground_fraction=1.0)[1][8, 8, 8]) for _ in range(400)]
+    assert set(centres) == {1, 2}
+    assert 0.4 < centres.count(2) / len(centres) < 0.6
+
+
+def test_fine_tuning_starts_from_a_bundle_and_records_it(tiny_dataset, tmp_path):
+    train, val = tiny_dataset
+    first = tmp_path / "first.safetensors"
+    config = TrainConfig(width=4, depth=2, convs_per_stage=(1, 1, 1), patch=(32, 32, 32), inference_patch=(96, 96, 64),
+                         epochs=1, iterations_per_epoch=1, learning_rate=1e-3, name="first")
+    fit(discover_cases(train), [], config, first, tmp_path / "run1")
+    config.name, config.learning_rate = "tuned", 0.0  # a zero learning rate keeps the weights exactly
+    tuned = tmp_path / "tuned.safetensors"
+    fit(discover_cases(train), [], config, tuned, tmp_path / "run2", init=first)
+    start, end = load_bundle(first), load_bundle(tuned)
+    assert end.metadata["training"]["initialised_from"] == start.model_id
+    for key, value in start.network.state_dict().items():
+        torch.testing.assert_close(end.network.state_dict()[key], value)
+    wider = TrainConfig(width=8, depth=2, convs_per_stage=(1, 1, 1), patch=(32, 32, 32), epochs=1, iterations_per_epoch=1)
+    with pytest.raises(AbdoSegError, match="another architecture"):
+        fit(discover_cases(train), [], wider, tmp_path / "x.safetensors", tmp_path / "run3", init=first)

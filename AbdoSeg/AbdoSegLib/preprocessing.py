@@ -47,12 +47,11 @@ class ModelGrid:
     """How the model grid relates to an input grid.
 
     ornt: nibabel orientation that takes the input voxel axes to RAS order.
-    input_shape: (I, J, K) of the input; canonical_shape: the same after reorientation.
+    canonical_shape: the input's shape (I, J, K) after reorientation to RAS order.
     shape: model grid shape; affine: model grid voxel-to-RAS (4, 4).
     """
 
     ornt: np.ndarray
-    input_shape: tuple[int, int, int]
     canonical_shape: tuple[int, int, int]
     shape: tuple[int, int, int]
     affine: np.ndarray
@@ -105,7 +104,7 @@ def model_grid(image: Image, spacing_mm: tuple[float, float, float]) -> ModelGri
     voxel_map = np.eye(4)
     voxel_map[:3, :3] = np.diag(scale)
     voxel_map[:3, 3] = 0.5 * scale - 0.5
-    return ModelGrid(ornt, image.shape, canonical_shape, shape, canonical_affine @ voxel_map)
+    return ModelGrid(ornt, canonical_shape, shape, canonical_affine @ voxel_map)
 
 
 def resample(array: np.ndarray, shape: tuple[int, int, int], clip: tuple[float, float] | None = None) -> torch.Tensor:

@@ -23,8 +23,8 @@ def labels_on_input_grid(probabilities: torch.Tensor, cleaned: np.ndarray, grid:
     """Organ labels on the input grid.
 
     probabilities: (C, X, Y, Z) float32 softmax on the model grid; cleaned: (X, Y, Z) uint8
-    cleaned argmax labels on the model grid. Returns uint8 of grid.input_shape, in the
-    input's voxel order.
+    cleaned argmax labels on the model grid. Returns uint8 labels on the input grid (its shape
+    and voxel order).
     """
     labels = np.zeros(grid.canonical_shape, dtype=np.uint8)
     score = np.zeros(grid.canonical_shape, dtype=np.float16)  # margin of the organ labelled at each voxel

@@ -134,7 +134,3 @@ def _up(in_channels: int, out_channels: int) -> nn.Sequential:
         nn.InstanceNorm3d(out_channels, affine=True),
         nn.PReLU(out_channels),
     )
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -40,15 +40,17 @@ def swap_labelled(labelled: tuple[int, ...]) -> tuple[int, ...]:
 def random_crop(case: PreparedCase, size: tuple[int, int, int], rng: np.random.Generator, foreground_fraction: float = 0.67) -> tuple[torch.Tensor, torch.Tensor]:
     """A (size) crop of image and labels, padded where the volume is smaller.
 
-    With probability ``foreground_fraction`` the crop is centred on a voxel of a labelled organ.
+    With probability ``foreground_fraction`` the crop is centred on a voxel of one labelled organ,
+    the organ drawn uniformly among those present, so that small organs (kidneys) are as often
+    in the centre as the liver.
     Padding: image PAD_VALUE (the bottom of the HU window, as at inference), labels 0.
     """
     shape = np.array(case.image.shape)
     centre = None
-    if rng.random() < foreground_fraction:
-        organ_voxels = torch.nonzero(case.labels > 0)
-        if len(organ_voxels):
-            centre = organ_voxels[rng.integers(len(organ_voxels))].numpy()
+    present = [label for label in case.labelled if label in case.organ_labels]
+    if present and rng.random() < foreground_fraction:
+        organ_voxels = torch.nonzero(case.labels == present[rng.integers(len(present))])
+        centre = organ_voxels[rng.integers(len(organ_voxels))].numpy()
     if centre is None:
         centre = np.array([rng.integers(n) for n in shape])
     start = centre - np.array(size) // 2

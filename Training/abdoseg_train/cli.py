@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit_parser.add_argument("--cache", type=Path, default=None, help="folder for preprocessed cases")
     fit_parser.add_argument("--workdir", type=Path, default=Path("runs") / "latest", help="checkpoint and logs (log.csv, tensorboard/)")
     fit_parser.add_argument("--resume", type=Path, default=None, help="continue from a checkpoint of the same settings")
+    fit_parser.add_argument("--init", type=Path, default=None, help="start from this model bundle's weights (fine-tuning)")
     fit_parser.add_argument("--force", action="store_true", help="replace an existing output file")
     fit_parser.set_defaults(run=run_fit)
 
@@ -90,7 +91,7 @@ def run_fit(args: argparse.Namespace) -> None:
         epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, learning_rate=args.lr,
         validate_every=args.validate_every, seed=args.seed, device=args.device, name=args.name,
     )
-    best = fit(train, validation, config, args.output, args.workdir, args.cache, args.resume)
+    best = fit(train, validation, config, args.output, args.workdir, args.cache, args.resume, args.init)
     print(json.dumps({"model": str(args.output), "validation": {k: v for k, v in best.items() if k != "per_case"}}, indent=2))
 
 

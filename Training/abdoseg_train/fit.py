@@ -18,7 +18,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from AbdoSegLib.bundle import save_bundle
+from AbdoSegLib.bundle import load_bundle, save_bundle
+from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.predict import resolve_device
 from AbdoSegLib.preprocessing import Preprocessing
 from AbdoSegLib.vnet import VNet, VNetConfig
@@ -60,6 +61,7 @@ class TrainConfig:
     name: str = "abdoseg-vnet"
     train_cases: list[str] = field(default_factory=list)
     validation_cases: list[str] = field(default_factory=list)
+    initialised_from: str = ""  # model id of the bundle a fine-tuning run started from
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -71,8 +73,11 @@ class TrainConfig:
 
 
 def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Path, workdir: Path,
-        cache_dir: Path | None = None, resume: Path | None = None) -> dict:
+        cache_dir: Path | None = None, resume: Path | None = None, init: Path | None = None) -> dict:
     """Train, validate every ``validate_every`` epochs, export the best network to ``out``.
+
+    ``init``: a model bundle whose weights the network starts from (fine-tuning); it must have
+    the same architecture and preprocessing.
 
     Under torchrun every process trains on its own patches (DistributedDataParallel); the
     first process validates, logs, checkpoints and exports. Returns the validation record of
@@ -85,7 +90,11 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     train_data = [prepare(case, config.preprocessing, cache_dir) for case in train]
     validation_data = [prepare(case, config.preprocessing, cache_dir) for case in validation] if run.is_main else []
 
-    network = VNet(config.network_config).to(run.device)
+    network = VNet(config.network_config)
+    if init:
+        state, config.initialised_from = _initial_weights(init, config)
+        network.load_state_dict(state)
+    network = network.to(run.device)
     optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     total_steps = config.epochs * config.iterations_per_epoch
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=total_steps, eta_min=config.learning_rate * 0.01)
@@ -158,6 +167,14 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     run.barrier()
     run.close()
     return best
+
+
+def _initial_weights(path: Path, config: TrainConfig) -> tuple[dict, str]:
+    """(state dict, model id) of a bundle that fits this run's architecture and preprocessing."""
+    bundle = load_bundle(path)
+    if bundle.network.config != config.network_config or bundle.preprocessing != config.preprocessing:
+        raise AbdoSegError(f"{path} has another architecture or preprocessing than this run; start from it only with the same settings.")
+    return bundle.network.state_dict(), bundle.model_id
 
 
 def export(network: VNet, config: TrainConfig, validation: dict, out: Path, log: list[dict], seconds: float, device: str) -> str:

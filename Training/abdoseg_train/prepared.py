@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,11 @@ class PreparedCase:
     labels: torch.Tensor
     labelled: tuple[int, ...]
     affine: np.ndarray
+
+    @cached_property
+    def organ_labels(self) -> frozenset[int]:
+        """The organ ids that occur in the labels."""
+        return frozenset(int(v) for v in torch.unique(self.labels).tolist()) - {0}
 
 
 def prepare(case: Case, spec: Preprocessing, cache_dir: Path | None = None) -> PreparedCase:
