@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser = commands.add_parser("export", help="turn a training checkpoint's best network into a model bundle")
     export_parser.add_argument("checkpoint", type=Path)
     export_parser.add_argument("-o", "--output", type=Path, required=True, help="model bundle to write (.safetensors)")
+    export_parser.add_argument("--last", action="store_true", help="the last epoch's network instead of the best one")
     export_parser.add_argument("--force", action="store_true", help="replace an existing output file")
     export_parser.set_defaults(run=run_export)
     return parser
@@ -112,8 +113,9 @@ def run_export(args: argparse.Namespace) -> None:
     state = load_checkpoint(args.checkpoint)
     config = TrainConfig(**state["config"])
     network = VNet(config.network_config)
-    network.load_state_dict(state["best_state"])
-    sha256 = export(network, config, state["best"], args.output, state["log"], seconds=state["log"][-1]["seconds"] if state["log"] else 0.0, device="cpu")
+    network.load_state_dict(state["network" if args.last else "best_state"])
+    validation = {"epoch": state["epoch"], "note": "last epoch, exported with --last"} if args.last else state["best"]
+    sha256 = export(network, config, validation, args.output, state["log"], seconds=state["log"][-1]["seconds"] if state["log"] else 0.0, device="cpu")
     print(f"wrote {args.output} (sha256 {sha256})")
 
 
