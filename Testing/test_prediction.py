@@ -16,6 +16,7 @@ from AbdoSegLib.image import Image
 from AbdoSegLib.organs import NUM_CLASSES
 from AbdoSegLib.predict import PAD_VALUE, count_windows, infer_probabilities, segment
 from AbdoSegLib.preprocessing import canonical, model_grid
+from AbdoSegLib.sliding_window import MIN_WEIGHT, gaussian_weights, window_starts
 from AbdoSegLib.upsampling import labels_on_input_grid
 from conftest import voxel_world
 
@@ -376,3 +377,23 @@ def test_component_removed_by_clean_up_stays_removed_on_the_input_grid():
     world = voxel_world(affine, shape)
     assert not (labels[np.linalg.norm(world - blob, axis=-1) < 7.0] == 1).any()
     assert (labels[np.linalg.norm(world - centre, axis=-1) < 24.0] == 1).all()
+
+
+@pytest.mark.parametrize("size, roi, overlap", [(100, 32, 0.25), (33, 32, 0.5), (32, 32, 0.25), (20, 32, 0.25), (257, 160, 0.25)])
+def test_windows_cover_the_axis_and_end_flush(size, roi, overlap):
+    starts = window_starts(size, roi, overlap)
+    covered = np.zeros(max(size, roi), bool)
+    for start in starts:
+        covered[start : start + roi] = True
+    assert covered[:size].all()
+    assert starts[0] == 0 and starts[-1] == max(size - roi, 0)
+    steps = np.diff(starts)
+    assert (steps <= max(int(roi * (1 - overlap)), 1)).all() and (steps > 0).all()
+
+
+def test_gaussian_weights_peak_in_the_centre_and_cover_the_borders():
+    weights = gaussian_weights((16, 20, 9))
+    assert weights.shape == (16, 20, 9)
+    assert float(weights.max()) == pytest.approx(1.0) and float(weights.min()) >= MIN_WEIGHT
+    torch.testing.assert_close(weights, weights.flip(0).flip(1).flip(2))  # symmetric about the centre
+    assert weights[7:9, 9:11, 4].min() > weights[0, 0, 0]

@@ -27,8 +27,7 @@ from vtkmodules.vtkIOXML import vtkXMLPolyDataWriter
 from .atomic import atomic_path
 from .errors import AbdoSegError
 from .organs import Organ
-
-FORMATS = ("stl", "obj", "ply", "vtp")
+from .surface_options import FORMATS
 
 _COLOURS = "RGB"  # name of the per-point colour array given to the PLY writer
 

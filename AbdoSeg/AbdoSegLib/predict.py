@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from monai.inferers import sliding_window_inference
 
 from .bundle import ModelBundle
 from .cleanup import clean_labels
@@ -16,6 +15,7 @@ from .errors import AbdoSegError
 from .image import Image
 from .preprocessing import preprocess
 from .progress import NoProgress
+from .sliding_window import sliding_window, window_starts
 from .upsampling import labels_on_input_grid
 
 PAD_VALUE = -1.0  # a volume smaller than the window is padded with the bottom of the HU window, as in training
@@ -52,12 +52,8 @@ def window_size(volume_shape: tuple[int, ...], max_patch: tuple[int, ...], divis
 
 
 def count_windows(volume_shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
-    """Number of windows MONAI's sliding window visits (for progress)."""
-    total = 1
-    for n, r in zip(volume_shape, roi):
-        step = max(int(r * (1 - overlap)), 1)
-        total *= 1 if n <= r else math.ceil((n - r) / step) + 1
-    return total
+    """Number of windows the sliding window visits (for progress)."""
+    return math.prod(len(window_starts(n, r, overlap)) for n, r in zip(volume_shape, roi))
 
 
 def infer_probabilities(
@@ -85,12 +81,8 @@ def infer_probabilities(
         return logits.float()
 
     with torch.inference_mode():
-        logits = sliding_window_inference(
-            volume[None, None], roi, sw_batch_size=1, predictor=run, overlap=overlap,
-            mode="gaussian", sw_device=device, device=torch.device("cpu"),
-            padding_mode="constant", cval=PAD_VALUE,
-        )
-        return torch.softmax(logits[0], dim=0)
+        logits = sliding_window(volume, roi, overlap, run, PAD_VALUE)
+        return torch.softmax(logits, dim=0)
 
 
 def segment(image: Image, bundle: ModelBundle, device: str = "auto", progress: Progress = NoProgress()) -> Prediction:

@@ -174,7 +174,9 @@ def segmentation_from_labelmap(
     Raises AbdoSegError when the labelmap holds values that are not organ ids.
     """
     if not isinstance(labels, Image):
-        from .imageio import read_image  # reads NIfTI with nibabel: imported only when a path is given
+        from .imageio import (
+            read_image,  # reads NIfTI with nibabel: imported only when a path is given
+        )
 
         labels = read_image(labels)
     _check_organ_ids(labels)
@@ -263,7 +265,10 @@ def organ_segments(segmentation_node) -> dict[str, str]:
     organ's title or machine name (any case; "_" and spaces alike). Each segment counts for one
     organ at most; organs without a matching segment are left out.
     """
-    from slicerio.segmentation import terminology_entry_from_string, terminology_entry_matches
+    from slicerio.segmentation import (
+        terminology_entry_from_string,
+        terminology_entry_matches,
+    )
 
     segmentation = segmentation_node.GetSegmentation()
     segments = [(segment_id, segmentation.GetSegment(segment_id)) for segment_id in segmentation.GetSegmentIDs()]
@@ -355,7 +360,9 @@ def compare_segmentations(
     Returns {organ name: {"status", "dice", "hd", "hd95", "assd", "nsd", "nsd_tolerance_mm",
     "volume_pred_ml", "volume_ref_ml", "volume_diff_ml"}} for every organ of the table.
     """
-    from .metrics import compare_labelmaps  # scipy (and MONAI's surfel table) only when comparing
+    from .metrics import (
+        compare_labelmaps,  # scipy (and MONAI's surfel table) only when comparing
+    )
 
     predicted = organ_segments(prediction_node)
     if not predicted:

@@ -28,20 +28,19 @@ import numpy as np
 from scipy import ndimage
 from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPolyData
-from vtkmodules.vtkFiltersCore import vtkDecimatePro, vtkTriangleMeshPointNormals, vtkWindowedSincPolyDataFilter
+from vtkmodules.vtkFiltersCore import (
+    vtkDecimatePro,
+    vtkTriangleMeshPointNormals,
+    vtkWindowedSincPolyDataFilter,
+)
 from vtkmodules.vtkFiltersGeneral import vtkDiscreteFlyingEdges3D
 
 from .errors import AbdoSegError
 from .image import Image
 from .imageio import LPS_TO_RAS
-from .meshfiles import FORMATS, write_meshes
+from .meshfiles import write_meshes
 from .organs import ORGANS, Organ
-
-SMOOTHING_FACTOR = 0.5
-"""Slicer's default "Smoothing factor": 0 (none) .. 1 (strong, shrinks a little)."""
-
-DECIMATION_FACTOR = 0.0
-"""Slicer's default "Decimation factor": 0 (none) .. 1 (as few triangles as possible)."""
+from .surface_options import DECIMATION_FACTOR, FORMATS, SMOOTHING_FACTOR
 
 COORDINATES = ("lps", "ras")
 

@@ -22,12 +22,10 @@ import csv
 import json
 from pathlib import Path
 
-
 from ..atomic import atomic_path
 from ..errors import AbdoSegError
-from ..labelmaps import PRESETS, parse_mapping, read_labels
 from ..imageio import read_image
-from ..metrics import compare_labelmaps, jsonable
+from ..labelmaps import PRESETS, parse_mapping, read_labels
 from ..regrid import labels_onto_grid
 
 COLUMNS = ("status", "dice", "nsd", "nsd_tolerance_mm", "hd", "hd95", "assd", "volume_pred_ml", "volume_ref_ml", "volume_diff_ml")
@@ -51,6 +49,11 @@ def run_compare(args: argparse.Namespace) -> None:
     outputs = [path for path in (args.json, args.csv, args.png) if path is not None]
     for path in outputs:
         _check_writable(path, args.force)
+    from ..metrics import (  # loads MONAI's surfel table: only for compare
+        compare_labelmaps,
+        jsonable,
+    )
+
     if args.png is not None and args.ct is None:
         raise AbdoSegError("--png draws the labelmaps over their CT: give it with --ct CT.")
     mapping = parse_mapping(args.mapping) if args.mapping else None
@@ -71,7 +74,9 @@ def run_compare(args: argparse.Namespace) -> None:
             for organ, metrics in results.items():
                 writer.writerow([organ] + ["" if metrics[key] is None else metrics[key] for key in COLUMNS])
     if args.png is not None:
-        from ..preview import render_preview  # only when asked: it loads VTK rendering (EGL)
+        from ..preview import (
+            render_preview,  # only when asked: it loads VTK rendering (EGL)
+        )
 
         render_preview(read_image(args.ct), prediction, args.png, reference=resampled)
     for path in outputs:

@@ -10,12 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 from ..atomic import atomic_directory
 from ..labelmaps import read_labels
-from ..meshfiles import FORMATS
-from ..surfaces import DECIMATION_FACTOR, SMOOTHING_FACTOR, export_surfaces
-
+from ..surface_options import DECIMATION_FACTOR, FORMATS, SMOOTHING_FACTOR
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -37,6 +34,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
+    from ..surfaces import (
+        export_surfaces,  # VTK loads only for the commands that build surfaces
+    )
+
     labels = read_labels(args.labels, mapping=None)
     with atomic_directory(args.output, overwrite=args.force) as staging:
         written = export_surfaces(labels, staging, args.format, args.coordinates, args.merge, args.smoothing, args.decimation)

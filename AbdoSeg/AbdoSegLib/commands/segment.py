@@ -15,14 +15,13 @@ from ..atomic import atomic_directory, atomic_path
 from ..bundle import load_bundle
 from ..ctcheck import check_ct
 from ..imageio import read_image, write_image
-from ..meshfiles import FORMATS
 from ..predict import segment
 from ..progress import make_progress
+from ..qa import qa_report
 from ..resources import DEFAULT_BUNDLE
 from ..segfile import write_segmentation
-from ..qa import qa_report
 from ..summary import organ_measurements
-from ..surfaces import export_surfaces
+from ..surface_options import FORMATS
 
 LABELS_FILE = "labels.nii.gz"
 SEGMENTATION_FILE = "segmentation.seg.nrrd"
@@ -74,6 +73,10 @@ def run_segment(args: argparse.Namespace) -> None:
         qa = qa_report(prediction.labels, ct)
         timings["write"] = time.perf_counter() - start
         if args.surfaces:
+            from ..surfaces import (
+                export_surfaces,  # VTK loads only when surfaces are asked for
+            )
+
             start = time.perf_counter()
             progress("surfaces", 0.0, f"building {args.surfaces.upper()} surfaces")
             export_surfaces(prediction.labels, staging / SURFACES_FOLDER, args.surfaces, args.coordinates, args.merge)
