@@ -89,15 +89,15 @@ def canonical(image: Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def same_physical_grid(a: Image, b: Image, atol_mm: float = 1e-3) -> bool:
     """True when two images sample the same voxels in space, whatever their voxel order."""
-    array_a, affine_a, _ = canonical(Image(np.empty(a.shape, dtype=np.bool_), a.affine))
-    array_b, affine_b, _ = canonical(Image(np.empty(b.shape, dtype=np.bool_), b.affine))
+    array_a, affine_a, _ = canonical(Image(np.broadcast_to(False, a.shape), a.affine))
+    array_b, affine_b, _ = canonical(Image(np.broadcast_to(False, b.shape), b.affine))
     return array_a.shape == array_b.shape and np.allclose(affine_a, affine_b, atol=atol_mm)
 
 
 def model_grid(image: Image, spacing_mm: tuple[float, float, float]) -> ModelGrid:
     """The model grid for ``image`` at ``spacing_mm``: same field of view, shape rounded."""
     _, canonical_affine, ornt = canonical(image)
-    canonical_shape = tuple(int(n) for n in orientations.apply_orientation(np.empty(image.shape, dtype=np.bool_), ornt).shape)
+    canonical_shape = tuple(int(n) for n in orientations.apply_orientation(np.broadcast_to(False, image.shape), ornt).shape)
     spacing = np.linalg.norm(canonical_affine[:3, :3], axis=0)
     shape = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(canonical_shape, spacing, spacing_mm))
     scale = np.array(canonical_shape) / np.array(shape)
