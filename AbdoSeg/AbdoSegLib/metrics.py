@@ -31,10 +31,9 @@ import functools
 import math
 
 import numpy as np
-from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from .image import Image
+from .image import Image, bounding_boxes
 from .organs import ORGANS
 from .regrid import labels_onto_grid
 
@@ -85,8 +84,8 @@ def compare_labelmaps(prediction: Image, reference: Image, tolerances: dict[str,
     if not np.issubdtype(prediction.array.dtype, np.integer):
         raise ValueError(f"the prediction must hold integer organ ids, not {prediction.array.dtype}")
     reference = labels_onto_grid(reference, prediction)
-    pred_boxes = ndimage.find_objects(prediction.array)
-    ref_boxes = ndimage.find_objects(reference.array)
+    pred_boxes = bounding_boxes(prediction.array)
+    ref_boxes = bounding_boxes(reference.array)
     return {
         organ.name: _compare_organ(
             prediction.array,

@@ -10,9 +10,8 @@ settles the sign: its liver's centroid lies at x = +67 mm, its spleen's at x = -
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
-from .image import Image
+from .image import Image, bounding_boxes
 from .organs import ORGANS, organ_by_name
 
 # Typical adult organ volumes (mL), wide on purpose: the check is for gross errors (a missed
@@ -50,7 +49,7 @@ def qa_report(labels: Image, ct: Image | None = None) -> dict:
     "checks": [{"rule", "ok", "x_mm"}], "ok": all checks pass (None without any check)},
     "warnings": [sentences]}.
     """
-    boxes = ndimage.find_objects(np.asarray(labels.array))
+    boxes = bounding_boxes(labels.array)
     volumes, centroids, warnings = {}, {}, []
     for organ in ORGANS:
         box = boxes[organ.label - 1] if organ.label <= len(boxes) else None

@@ -25,7 +25,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPolyData
 from vtkmodules.vtkFiltersCore import (
@@ -36,7 +35,7 @@ from vtkmodules.vtkFiltersCore import (
 from vtkmodules.vtkFiltersGeneral import vtkDiscreteFlyingEdges3D
 
 from .errors import AbdoSegError
-from .image import Image
+from .image import Image, bounding_boxes
 from .imageio import LPS_TO_RAS
 from .meshfiles import write_meshes
 from .organs import ORGANS, Organ
@@ -70,7 +69,7 @@ def organ_boxes(labels: np.ndarray) -> dict[Organ, tuple[slice, slice, slice]]:
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must hold integer organ ids, got {labels.dtype}")
-    boxes = ndimage.find_objects(labels, max_label=len(ORGANS))
+    boxes = bounding_boxes(labels, max_label=len(ORGANS))
     return {organ: boxes[organ.label - 1] for organ in ORGANS if boxes[organ.label - 1] is not None}
 
 
