@@ -12,10 +12,14 @@ from monai.transforms import RandAffined
 
 from AbdoSegLib.organs import LEFT_RIGHT_PAIRS
 from AbdoSegLib.predict import PAD_VALUE
+from AbdoSegLib.preprocessing import Preprocessing, normalise
 
+from .anatomy import AnatomyCase
 from .prepared import PreparedCase
+from .synthetic import synthesise
 
 LEFT_RIGHT_AXIS = 0
+SYNTHETIC_MAPS = ("structures", "labels", "depth_mm")
 
 
 def flip_left_right(image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,55 +41,69 @@ def swap_labelled(labelled: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(sorted(mapping.get(label, label) for label in labelled))
 
 
-def random_crop(case: PreparedCase, size: tuple[int, int, int], rng: np.random.Generator, foreground_fraction: float = 0.67) -> tuple[torch.Tensor, torch.Tensor]:
-    """A (size) crop of image and labels, padded where the volume is smaller.
+def crop_centre(labels: torch.Tensor, present: list[int], rng: np.random.Generator, foreground_fraction: float) -> np.ndarray:
+    """A crop centre (3,) in voxels of (X, Y, Z) ``labels``.
 
-    With probability ``foreground_fraction`` the crop is centred on a voxel of one labelled organ,
-    the organ drawn uniformly among those present, so that small organs (kidneys) are as often
-    in the centre as the liver.
+    With probability ``foreground_fraction`` a voxel of one organ of ``present``, the organ drawn
+    uniformly, so that small organs (kidneys) are as often in the centre as the liver; else
+    any voxel.
+    """
+    if present and rng.random() < foreground_fraction:
+        organ_voxels = torch.nonzero(labels == present[rng.integers(len(present))])
+        return organ_voxels[rng.integers(len(organ_voxels))].numpy()
+    return np.array([rng.integers(n) for n in labels.shape])
+
+
+def crop(volume: torch.Tensor, centre: np.ndarray, size: tuple[int, int, int], fill: float) -> torch.Tensor:
+    """The (size) block of (X, Y, Z) ``volume`` centred on ``centre``, ``fill`` outside it."""
+    start = centre - np.array(size) // 2
+    block = torch.full(size, fill, dtype=volume.dtype)
+    source = tuple(slice(max(s, 0), min(s + n, m)) for s, n, m in zip(start, size, volume.shape))
+    target = tuple(slice(sl.start - s, sl.stop - s) for sl, s in zip(source, start))
+    block[target] = volume[source]
+    return block
+
+
+def random_crop(case: PreparedCase, size: tuple[int, int, int], rng: np.random.Generator, foreground_fraction: float = 0.67) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (size) crop of image and labels (see crop_centre), padded where the volume is smaller.
+
     Padding: image PAD_VALUE (the bottom of the HU window, as at inference), labels 0.
     """
-    shape = np.array(case.image.shape)
-    centre = None
     present = [label for label in case.labelled if label in case.organ_labels]
-    if present and rng.random() < foreground_fraction:
-        organ_voxels = torch.nonzero(case.labels == present[rng.integers(len(present))])
-        centre = organ_voxels[rng.integers(len(organ_voxels))].numpy()
-    if centre is None:
-        centre = np.array([rng.integers(n) for n in shape])
-    start = centre - np.array(size) // 2
-    image = torch.full(size, PAD_VALUE)
-    labels = torch.zeros(size, dtype=torch.uint8)
-    source = tuple(slice(max(s, 0), min(s + n, m)) for s, n, m in zip(start, size, shape))
-    target = tuple(slice(sl.start - s, sl.stop - s) for sl, s in zip(source, start))
-    image[target] = case.image[source]
-    labels[target] = case.labels[source]
-    return image, labels
+    centre = crop_centre(case.labels, present, rng, foreground_fraction)
+    return crop(case.image, centre, size, PAD_VALUE), crop(case.labels, centre, size, 0)
 
 
 class Augmenter:
     """Random crop, flip (with label swap), rotation and scaling, intensity and noise.
 
     patch: output size (X, Y, Z); crops are taken 25 % larger so that rotation and
-    scaling do not bring in empty corners.
+    scaling do not bring in empty corners. spec: the model's preprocessing, needed for
+    anatomy maps (synthetic CT is painted in HU on its grid, then normalised).
+    flip_probability: of a left-right mirror (with the kidney labels swapped).
     """
 
-    def __init__(self, patch: tuple[int, int, int], seed: int, rotate_deg: float = 15.0, scale: float = 0.15):
+    def __init__(self, patch: tuple[int, int, int], seed: int, rotate_deg: float = 15.0, scale: float = 0.15,
+                 flip_probability: float = 0.5, spec: Preprocessing | None = None):
         self.patch = tuple(patch)
         self.crop = tuple(int(round(n * 1.25)) for n in patch)
         self.rng = np.random.default_rng(seed)
+        self.flip_probability = flip_probability
+        self.spec = spec
         radians = np.deg2rad(rotate_deg)
-        self.affine = RandAffined(
-            keys=("image", "labels"), prob=0.8, spatial_size=self.patch, rotate_range=(radians,) * 3,
-            scale_range=(scale,) * 3, mode=("bilinear", "nearest"), padding_mode="border",
-        )
+        spatial = dict(prob=0.8, spatial_size=self.patch, rotate_range=(radians,) * 3, scale_range=(scale,) * 3, padding_mode="border")
+        self.affine = RandAffined(keys=("image", "labels"), mode=("bilinear", "nearest"), **spatial)
         self.affine.set_random_state(seed=seed)
+        self.map_affine = RandAffined(keys=SYNTHETIC_MAPS, mode="nearest", **spatial)
+        self.map_affine.set_random_state(seed=seed + 1)
 
-    def __call__(self, case: PreparedCase) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+    def __call__(self, case: PreparedCase | AnatomyCase) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
         """-> image (1, X, Y, Z) float32, labels (X, Y, Z) int64, labelled organ ids."""
+        if isinstance(case, AnatomyCase):
+            return self.synthetic(case)
         image, labels = random_crop(case, self.crop, self.rng)
         labelled = case.labelled
-        if self.rng.random() < 0.5:
+        if self.rng.random() < self.flip_probability:
             image, labels = flip_left_right(image, labels)
             labelled = swap_labelled(labelled)
         sample = self.affine({"image": image[None], "labels": labels[None].float()})
@@ -94,3 +112,23 @@ class Augmenter:
         image = image * float(self.rng.uniform(0.9, 1.1)) + float(self.rng.uniform(-0.1, 0.1))
         image = image + torch.from_numpy(self.rng.normal(0, self.rng.uniform(0, 0.05), image.shape).astype(np.float32))
         return image.float(), labels, labelled
+
+    def synthetic(self, case: AnatomyCase) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+        """A synthetic CT patch: crop and deform the anatomy map, then paint and corrupt it."""
+        if self.spec is None:
+            raise ValueError("an Augmenter for anatomy maps needs the model's preprocessing (spec)")
+        labels = torch.from_numpy(case.labels)
+        centre = crop_centre(labels, [label for label in case.labelled if label in case.organ_labels], self.rng, 0.67)
+        maps = {"structures": torch.from_numpy(case.structures), "labels": labels, "depth_mm": torch.from_numpy(case.depth_mm)}
+        maps = {key: crop(volume, centre, self.crop, 0) for key, volume in maps.items()}
+        labelled = case.labelled
+        if self.rng.random() < self.flip_probability:
+            # The structure map keeps its kidney ids: both kidneys are painted alike.
+            maps["labels"] = flip_left_right(maps["structures"], maps["labels"])[1]
+            maps["structures"], maps["depth_mm"] = maps["structures"].flip(LEFT_RIGHT_AXIS), maps["depth_mm"].flip(LEFT_RIGHT_AXIS)
+            labelled = swap_labelled(labelled)
+        deformed = self.map_affine({key: volume[None].float() for key, volume in maps.items()})
+        structures, labels, depth = (torch.as_tensor(deformed[key])[0].round().to(torch.uint8).numpy() for key in SYNTHETIC_MAPS)
+        hu = synthesise(structures, depth, float(self.spec.spacing_mm[0]), self.rng)
+        image = normalise(torch.from_numpy(hu), self.spec.hu_window)
+        return image[None].float(), torch.from_numpy(labels).long(), labelled

@@ -1,8 +1,9 @@
 """The ``abdoseg-train`` command line.
 
-    abdoseg-train fit --train CASES... [--validate CASES...] -o MODEL.safetensors [--workdir RUN] [--resume RUN/checkpoint.pt]
+    abdoseg-train fit [--train CASES...] [--synthetic ANATOMY...] [--validate CASES...] -o MODEL.safetensors [--workdir RUN] [--resume RUN/checkpoint.pt]
     abdoseg-train evaluate MODEL CASES... [--json OUT.json]
     abdoseg-train export RUN/checkpoint.pt -o MODEL.safetensors
+    abdoseg-train synth ANATOMY... -o FOLDER [--phase arterial] [--count N]
 
 CASES are case folders (case.json + CT + label map) or folders of them. ``fit`` under
 ``torchrun --nproc_per_node=N`` trains with DistributedDataParallel.
@@ -15,18 +16,24 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from AbdoSegLib.errors import AbdoSegError
 
 from AbdoSegLib.atomic import atomic_path
 from AbdoSegLib.bundle import load_bundle
 from AbdoSegLib.cli import run_cli
 from AbdoSegLib.labelmaps import PRESETS, parse_mapping
+from AbdoSegLib.preprocessing import Preprocessing
 from AbdoSegLib.vnet import VNet
 
+from .anatomy import discover_anatomy, load_anatomy
 from .cases import discover_cases
 from .checkpoint import load_checkpoint
 from .evaluation import evaluate, organ_table
 from .fit import TrainConfig, export, fit
+from .synthetic import PHASES, choose_phase
+from .synthetic_cases import write_synthetic_case
 
 
 def _triple(text: str) -> tuple[int, int, int]:
@@ -39,7 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="abdoseg-train", description="Train the AbdoSeg V-Net and export a model bundle.")
     commands = parser.add_subparsers(dest="command", required=True)
     fit_parser = commands.add_parser("fit", help="train on labelled CT and export the best model")
-    fit_parser.add_argument("--train", type=Path, nargs="+", required=True, help="case folders or folders of cases")
+    fit_parser.add_argument("--train", type=Path, nargs="+", default=[], help="case folders or folders of cases")
+    fit_parser.add_argument("--synthetic", type=Path, nargs="+", default=[],
+                            help="anatomy maps (*_anatomy.nii.gz, or folders of them) to paint synthetic CT from")
+    fit_parser.add_argument("--synthetic-fraction", type=float, default=defaults.synthetic_fraction,
+                            help="share of synthetic patches when there are real cases too")
+    fit_parser.add_argument("--flip-probability", type=float, default=defaults.flip_probability,
+                            help="of a left-right mirror with kidney labels swapped")
     fit_parser.add_argument("--validate", type=Path, nargs="*", default=[], help="held-out case folders")
     fit_parser.add_argument("--map", dest="mapping", default=None,
                             help=f"label ids of the data -> AbdoSeg's: a preset ({', '.join(PRESETS)}) or 'theirs:ours,...'")
@@ -76,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--last", action="store_true", help="the last epoch's network instead of the best one")
     export_parser.add_argument("--force", action="store_true", help="replace an existing output file")
     export_parser.set_defaults(run=run_export)
+
+    synth_parser = commands.add_parser("synth", help="paint synthetic CT case folders from anatomy maps (to look at or train on)")
+    synth_parser.add_argument("anatomy", type=Path, nargs="+", help="anatomy maps (*_anatomy.nii.gz) or folders of them")
+    synth_parser.add_argument("-o", "--output", type=Path, required=True, help="folder to write the case folders into")
+    synth_parser.add_argument("--phase", choices=PHASES, default=None, help="contrast phase (default: drawn per case)")
+    synth_parser.add_argument("--count", type=int, default=1, help="synthetic scans per anatomy map")
+    synth_parser.add_argument("--spacing", type=float, default=defaults.spacing_mm[0], help="voxel size in mm (isotropic)")
+    synth_parser.add_argument("--seed", type=int, default=0)
+    synth_parser.add_argument("--force", action="store_true", help="replace existing case folders")
+    synth_parser.set_defaults(run=run_synth)
     return parser
 
 
@@ -85,14 +108,19 @@ def run_fit(args: argparse.Namespace) -> None:
     mapping = parse_mapping(args.mapping) if args.mapping else None
     train = [case for root in args.train for case in discover_cases(root, mapping)]
     validation = [case for root in args.validate for case in discover_cases(root, mapping)]
-    if not train:
-        raise AbdoSegError("no training cases were given.")
+    synthetic = [source for path in args.synthetic for source in discover_anatomy(path)]
+    if not train and not synthetic:
+        raise AbdoSegError("no training cases were given (--train, or --synthetic anatomy maps).")
+    for name, value in (("--synthetic-fraction", args.synthetic_fraction), ("--flip-probability", args.flip_probability)):
+        if not 0 <= value <= 1:
+            raise AbdoSegError(f"{name} must lie between 0 and 1, not {value}.")
     config = TrainConfig(
         spacing_mm=(args.spacing,) * 3, width=args.width, patch=args.patch, batch_size=args.batch_size,
         epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, learning_rate=args.lr,
         validate_every=args.validate_every, seed=args.seed, device=args.device, name=args.name,
+        synthetic_fraction=args.synthetic_fraction, flip_probability=args.flip_probability,
     )
-    best = fit(train, validation, config, args.output, args.workdir, args.cache, args.resume, args.init)
+    best = fit(train, validation, config, args.output, args.workdir, args.cache, args.resume, args.init, synthetic)
     print(json.dumps({"model": str(args.output), "validation": {k: v for k, v in best.items() if k != "per_case"}}, indent=2))
 
 
@@ -117,6 +145,25 @@ def run_export(args: argparse.Namespace) -> None:
     validation = {"epoch": state["epoch"], "note": "last epoch, exported with --last"} if args.last else state["best"]
     sha256 = export(network, config, validation, args.output, state["log"], seconds=state["log"][-1]["seconds"] if state["log"] else 0.0, device="cpu")
     print(f"wrote {args.output} (sha256 {sha256})")
+
+
+def run_synth(args: argparse.Namespace) -> None:
+    if args.count < 1:
+        raise AbdoSegError(f"--count must be at least 1, not {args.count}.")
+    sources = [source for path in args.anatomy for source in discover_anatomy(path)]
+    spec = Preprocessing((args.spacing,) * 3, TrainConfig().hu_window)
+    rng = np.random.default_rng(args.seed)
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AbdoSegError(f"cannot create the output folder {args.output} ({error.strerror}).") from None
+    for source in sources:
+        anatomy = load_anatomy(source, spec)
+        for index in range(1, args.count + 1):
+            folder = args.output / f"{source.name}_synthetic_{index}"
+            phase = args.phase or choose_phase(rng)
+            write_synthetic_case(anatomy, folder, phase, rng, overwrite=args.force)
+            print(f"wrote {folder} ({phase})")
 
 
 def main(argv: list[str] | None = None) -> int:

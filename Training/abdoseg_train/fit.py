@@ -25,12 +25,13 @@ from AbdoSegLib.preprocessing import Preprocessing
 from AbdoSegLib.vnet import VNet, VNetConfig
 
 from . import distributed
+from .anatomy import AnatomyCase, AnatomySource, load_anatomy
 from .augment import Augmenter
 from .cases import Case
 from .checkpoint import load_checkpoint, save_checkpoint
 from .logs import TrainingLog
 from .losses import class_mask, partial_dice_ce_loss
-from .prepared import prepare
+from .prepared import PreparedCase, prepare
 from .validation import validate
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -56,11 +57,14 @@ class TrainConfig:
     ce_weight: float = 1.0
     grad_clip: float = 12.0
     validate_every: int = 5
+    synthetic_fraction: float = 0.5  # of patches painted from anatomy maps, when there are both kinds
+    flip_probability: float = 0.5
     seed: int = 0
     device: str = "auto"
     name: str = "abdoseg-vnet"
     train_cases: list[str] = field(default_factory=list)
     validation_cases: list[str] = field(default_factory=list)
+    synthetic_cases: list[str] = field(default_factory=list)  # anatomy maps painted into synthetic CT
     initialised_from: str = ""  # model id of the bundle a fine-tuning run started from
 
     @property
@@ -73,8 +77,12 @@ class TrainConfig:
 
 
 def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Path, workdir: Path,
-        cache_dir: Path | None = None, resume: Path | None = None, init: Path | None = None) -> dict:
+        cache_dir: Path | None = None, resume: Path | None = None, init: Path | None = None,
+        synthetic: list[AnatomySource] | None = None) -> dict:
     """Train, validate every ``validate_every`` epochs, export the best network to ``out``.
+
+    ``synthetic``: anatomy maps; a fraction ``synthetic_fraction`` of the patches (all of them
+    when there are no real cases) is synthetic CT painted from them afresh each time.
 
     ``init``: a model bundle whose weights the network starts from (fine-tuning); it must have
     the same architecture and preprocessing.
@@ -87,7 +95,11 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     torch.manual_seed(config.seed + run.rank)
     config.train_cases = [case.name for case in train]
     config.validation_cases = [case.name for case in validation]
+    config.synthetic_cases = [source.name for source in synthetic or []]
     train_data = [prepare(case, config.preprocessing, cache_dir) for case in train]
+    synthetic_data = [load_anatomy(source, config.preprocessing, cache_dir) for source in synthetic or []]
+    if not train_data and not synthetic_data:
+        raise AbdoSegError("no training cases and no anatomy maps were given.")
     validation_data = [prepare(case, config.preprocessing, cache_dir) for case in validation] if run.is_main else []
 
     network = VNet(config.network_config)
@@ -99,7 +111,7 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     total_steps = config.epochs * config.iterations_per_epoch
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=total_steps, eta_min=config.learning_rate * 0.01)
     scaler = torch.amp.GradScaler("cuda", enabled=run.device.type == "cuda")
-    augment = Augmenter(config.patch, config.seed + 1000 * run.rank)
+    augment = Augmenter(config.patch, config.seed + 1000 * run.rank, flip_probability=config.flip_probability, spec=config.preprocessing)
     rng = np.random.default_rng(config.seed + run.rank)
     best: dict = {"mean_dice": None}
     best_state = copy.deepcopy(network.state_dict())
@@ -125,7 +137,7 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     for epoch in range(first_epoch, config.epochs + 1):
         losses = []
         for _ in range(config.iterations_per_epoch):
-            samples = [augment(train_data[rng.integers(len(train_data))]) for _ in range(config.batch_size)]
+            samples = [augment(_draw(train_data, synthetic_data, config.synthetic_fraction, rng)) for _ in range(config.batch_size)]
             images = torch.stack([s[0] for s in samples]).to(run.device)
             labels = torch.stack([s[1] for s in samples]).to(run.device)
             mask = class_mask([s[2] for s in samples], run.device)
@@ -167,6 +179,13 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     run.barrier()
     run.close()
     return best
+
+
+def _draw(real: list[PreparedCase], synthetic: list[AnatomyCase], synthetic_fraction: float,
+          rng: np.random.Generator) -> PreparedCase | AnatomyCase:
+    """One training case: synthetic with probability ``synthetic_fraction`` when there are both kinds."""
+    pool = synthetic if synthetic and (not real or rng.random() < synthetic_fraction) else real
+    return pool[rng.integers(len(pool))]
 
 
 def _initial_weights(path: Path, config: TrainConfig) -> tuple[dict, str]:
