@@ -24,6 +24,7 @@ from AbdoSegLib.organs import NUM_CLASSES
 from AbdoSegLib.resources import SAMPLE_CT, SAMPLE_REFERENCE
 from abdoseg_train.augment import Augmenter, flip_left_right, random_crop, swap_labelled
 from abdoseg_train.cases import discover_cases
+from abdoseg_train.checkpoint import load_checkpoint
 from abdoseg_train.fit import TrainConfig, fit
 from abdoseg_train.losses import class_mask, marginal_probabilities, partial_dice_ce_loss
 from abdoseg_train.prepared import PreparedCase
@@ -332,3 +333,16 @@ def test_fine_tuning_starts_from_a_bundle_and_records_it(tiny_dataset, tmp_path)
     wider = TrainConfig(width=8, depth=2, convs_per_stage=(1, 1, 1), patch=(32, 32, 32), epochs=1, iterations_per_epoch=1)
     with pytest.raises(AbdoSegError, match="another architecture"):
         fit(discover_cases(train), [], wider, tmp_path / "x.safetensors", tmp_path / "run3", init=first)
+
+
+def test_keep_last_exports_the_last_epoch_with_its_validation(tiny_dataset, tmp_path):
+    train, val = tiny_dataset
+    config = TrainConfig(width=4, depth=2, convs_per_stage=(1, 1, 1), patch=(32, 32, 32), inference_patch=(96, 96, 64),
+                         epochs=2, iterations_per_epoch=1, learning_rate=1e-2, validate_every=1, keep="last")
+    best = fit(discover_cases(train), discover_cases(val), config, tmp_path / "last.safetensors", tmp_path / "run")
+    assert best["epoch"] == 2 and "liver" in best["dice"]
+    final = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["network"]
+    exported = load_bundle(tmp_path / "last.safetensors")
+    assert exported.metadata["validation"]["epoch"] == 2
+    for key, value in final.items():
+        torch.testing.assert_close(exported.network.state_dict()[key], value)

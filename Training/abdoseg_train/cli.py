@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit_parser.add_argument("--width", type=int, default=defaults.width, help="channels of the first V-Net stage")
     fit_parser.add_argument("--spacing", type=float, default=defaults.spacing_mm[0], help="model voxel size in mm (isotropic)")
     fit_parser.add_argument("--validate-every", type=int, default=defaults.validate_every, help="epochs between validations")
+    fit_parser.add_argument("--keep", choices=("best", "last"), default=defaults.keep,
+                            help="export the epoch best on validation, or the last one (validated, not selected)")
     fit_parser.add_argument("--seed", type=int, default=defaults.seed)
     fit_parser.add_argument("--device", default=defaults.device)
     fit_parser.add_argument("--name", default=defaults.name, help="model name recorded in the bundle")
@@ -118,7 +120,7 @@ def run_fit(args: argparse.Namespace) -> None:
         spacing_mm=(args.spacing,) * 3, width=args.width, patch=args.patch, batch_size=args.batch_size,
         epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, learning_rate=args.lr,
         validate_every=args.validate_every, seed=args.seed, device=args.device, name=args.name,
-        synthetic_fraction=args.synthetic_fraction, flip_probability=args.flip_probability,
+        synthetic_fraction=args.synthetic_fraction, flip_probability=args.flip_probability, keep=args.keep,
     )
     best = fit(train, validation, config, args.output, args.workdir, args.cache, args.resume, args.init, synthetic)
     print(json.dumps({"model": str(args.output), "validation": {k: v for k, v in best.items() if k != "per_case"}}, indent=2))

@@ -32,7 +32,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .logs import TrainingLog
 from .losses import class_mask, partial_dice_ce_loss
 from .prepared import PreparedCase, prepare
-from .validation import validate
+from .validation import ValidationResult, validate
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -59,6 +59,7 @@ class TrainConfig:
     validate_every: int = 5
     synthetic_fraction: float = 0.5  # of patches painted from anatomy maps, when there are both kinds
     flip_probability: float = 0.5
+    keep: str = "best"  # which network is exported: "best" on validation, or "last" (no selection)
     seed: int = 0
     device: str = "auto"
     name: str = "abdoseg-vnet"
@@ -79,7 +80,8 @@ class TrainConfig:
 def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Path, workdir: Path,
         cache_dir: Path | None = None, resume: Path | None = None, init: Path | None = None,
         synthetic: list[AnatomySource] | None = None) -> dict:
-    """Train, validate every ``validate_every`` epochs, export the best network to ``out``.
+    """Train, validate every ``validate_every`` epochs, export the best network to ``out``
+    (or the last one, with its validation, when ``config.keep`` is "last").
 
     ``synthetic``: anatomy maps; a fraction ``synthetic_fraction`` of the patches (all of them
     when there are no real cases) is synthetic CT painted from them afresh each time.
@@ -160,7 +162,7 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
             if validation_data and (epoch % config.validate_every == 0 or epoch == config.epochs):
                 result = validate(network, validation_data, config.inference_patch, run.device)
                 record.update(result.flat())
-                if best["mean_dice"] is None or (result.mean_dice is not None and result.mean_dice > best["mean_dice"]):
+                if _exported(config, epoch, result, best):
                     best = dict(result.summary(), epoch=epoch)
                     best_state = copy.deepcopy(network.state_dict())
             log.add(record)
@@ -179,6 +181,13 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     run.barrier()
     run.close()
     return best
+
+
+def _exported(config: TrainConfig, epoch: int, result: ValidationResult, best: dict) -> bool:
+    """Whether this epoch's network becomes the one exported (see ``TrainConfig.keep``)."""
+    if config.keep == "last":
+        return epoch == config.epochs
+    return best["mean_dice"] is None or (result.mean_dice is not None and result.mean_dice > best["mean_dice"])
 
 
 def _draw(real: list[PreparedCase], synthetic: list[AnatomyCase], synthetic_fraction: float,
