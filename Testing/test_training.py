@@ -25,7 +25,7 @@ from AbdoSegLib.resources import SAMPLE_CT, SAMPLE_REFERENCE
 from abdoseg_train.augment import Augmenter, flip_left_right, random_crop, swap_labelled
 from abdoseg_train.cases import discover_cases
 from abdoseg_train.checkpoint import load_checkpoint
-from abdoseg_train.fit import TrainConfig, fit
+from abdoseg_train.fit import TrainConfig, draw_case, fit
 from abdoseg_train.losses import class_mask, marginal_probabilities, partial_dice_ce_loss
 from abdoseg_train.prepared import PreparedCase
 
@@ -315,6 +315,8 @@ def test_crops_centre_on_each_labelled_organ_equally_often():
     centres = [int(random_crop(case, (16, 16, 16), rng, foreground_fraction=1.0)[1][8, 8, 8]) for _ in range(400)]
     assert set(centres) == {1, 2}
     assert 0.4 < centres.count(2) / len(centres) < 0.6
+    chosen = {int(random_crop(case, (16, 16, 16), rng, foreground_fraction=1.0, organ=2)[1][8, 8, 8]) for _ in range(50)}
+    assert chosen == {2}
 
 
 def test_fine_tuning_starts_from_a_bundle_and_records_it(tiny_dataset, tmp_path):
@@ -346,3 +348,21 @@ def test_keep_last_exports_the_last_epoch_with_its_validation(tiny_dataset, tmp_
     assert exported.metadata["validation"]["epoch"] == 2
     for key, value in final.items():
         torch.testing.assert_close(exported.network.state_dict()[key], value)
+
+
+def test_patches_draw_each_organ_equally_often_even_when_few_cases_label_it():
+    """Eight liver cases, one of which also labels the spleen: half the draws centre on the spleen."""
+    def case(name: str, organs: tuple[int, ...]) -> PreparedCase:
+        labels = torch.zeros(8, 8, 8, dtype=torch.uint8)
+        for organ in organs:
+            labels[organ, :, :] = organ
+        return PreparedCase(name, torch.zeros(labels.shape), labels, organs, np.eye(4))
+
+    cases = [case(f"liver{i}", (1,)) for i in range(7)] + [case("both", (1, 4))]
+    rng = np.random.default_rng(0)
+    draws = [draw_case(cases, [], 0.5, rng) for _ in range(800)]
+    organs = [organ for _, organ in draws]
+    assert 0.45 < organs.count(4) / len(organs) < 0.55
+    assert all(drawn.name == "both" for drawn, organ in draws if organ == 4)
+    unlabelled = [PreparedCase("empty", torch.zeros(4, 4, 4), torch.zeros(4, 4, 4, dtype=torch.uint8), (1,), np.eye(4))]
+    assert draw_case(unlabelled, [], 0.5, rng) == (unlabelled[0], None)

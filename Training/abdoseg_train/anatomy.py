@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,7 @@ class AnatomyCase:
     labelled: tuple[int, ...]
     affine: np.ndarray
 
-    @property
+    @cached_property
     def organ_labels(self) -> frozenset[int]:
         return frozenset(int(v) for v in np.unique(self.labels)) - {0}
 

@@ -64,12 +64,14 @@ def crop(volume: torch.Tensor, centre: np.ndarray, size: tuple[int, int, int], f
     return block
 
 
-def random_crop(case: PreparedCase, size: tuple[int, int, int], rng: np.random.Generator, foreground_fraction: float = 0.67) -> tuple[torch.Tensor, torch.Tensor]:
+def random_crop(case: PreparedCase, size: tuple[int, int, int], rng: np.random.Generator, foreground_fraction: float = 0.67,
+                organ: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A (size) crop of image and labels (see crop_centre), padded where the volume is smaller.
 
+    ``organ``: the organ to centre on (when the crop is organ-centred); None: any labelled one.
     Padding: image PAD_VALUE (the bottom of the HU window, as at inference), labels 0.
     """
-    present = [label for label in case.labelled if label in case.organ_labels]
+    present = _centre_organs(case, organ)
     centre = crop_centre(case.labels, present, rng, foreground_fraction)
     return crop(case.image, centre, size, PAD_VALUE), crop(case.labels, centre, size, 0)
 
@@ -97,11 +99,14 @@ class Augmenter:
         self.map_affine = RandAffined(keys=SYNTHETIC_MAPS, mode="nearest", **spatial)
         self.map_affine.set_random_state(seed=seed + 1)
 
-    def __call__(self, case: PreparedCase | AnatomyCase) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
-        """-> image (1, X, Y, Z) float32, labels (X, Y, Z) int64, labelled organ ids."""
+    def __call__(self, case: PreparedCase | AnatomyCase, organ: int | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+        """-> image (1, X, Y, Z) float32, labels (X, Y, Z) int64, labelled organ ids.
+
+        ``organ``: the organ that organ-centred crops centre on; None: any labelled one.
+        """
         if isinstance(case, AnatomyCase):
-            return self.synthetic(case)
-        image, labels = random_crop(case, self.crop, self.rng)
+            return self.synthetic(case, organ)
+        image, labels = random_crop(case, self.crop, self.rng, organ=organ)
         labelled = case.labelled
         if self.rng.random() < self.flip_probability:
             image, labels = flip_left_right(image, labels)
@@ -113,12 +118,12 @@ class Augmenter:
         image = image + torch.from_numpy(self.rng.normal(0, self.rng.uniform(0, 0.05), image.shape).astype(np.float32))
         return image.float(), labels, labelled
 
-    def synthetic(self, case: AnatomyCase) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+    def synthetic(self, case: AnatomyCase, organ: int | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
         """A synthetic CT patch: crop and deform the anatomy map, then paint and corrupt it."""
         if self.spec is None:
             raise ValueError("an Augmenter for anatomy maps needs the model's preprocessing (spec)")
         labels = torch.from_numpy(case.labels)
-        centre = crop_centre(labels, [label for label in case.labelled if label in case.organ_labels], self.rng, 0.67)
+        centre = crop_centre(labels, _centre_organs(case, organ), self.rng, 0.67)
         maps = {"structures": torch.from_numpy(case.structures), "labels": labels, "depth_mm": torch.from_numpy(case.depth_mm)}
         maps = {key: crop(volume, centre, self.crop, 0) for key, volume in maps.items()}
         labelled = case.labelled
@@ -132,3 +137,10 @@ class Augmenter:
         hu = synthesise(structures, depth, float(self.spec.spacing_mm[0]), self.rng)
         image = normalise(torch.from_numpy(hu), self.spec.hu_window)
         return image[None].float(), torch.from_numpy(labels).long(), labelled
+
+
+def _centre_organs(case: PreparedCase | AnatomyCase, organ: int | None) -> list[int]:
+    """The organs a crop may centre on: ``organ``, or every labelled organ present in the case."""
+    if organ is not None:
+        return [organ]
+    return [label for label in case.labelled if label in case.organ_labels]

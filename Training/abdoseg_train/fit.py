@@ -139,7 +139,7 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     for epoch in range(first_epoch, config.epochs + 1):
         losses = []
         for _ in range(config.iterations_per_epoch):
-            samples = [augment(_draw(train_data, synthetic_data, config.synthetic_fraction, rng)) for _ in range(config.batch_size)]
+            samples = [augment(*draw_case(train_data, synthetic_data, config.synthetic_fraction, rng)) for _ in range(config.batch_size)]
             images = torch.stack([s[0] for s in samples]).to(run.device)
             labels = torch.stack([s[1] for s in samples]).to(run.device)
             mask = class_mask([s[2] for s in samples], run.device)
@@ -190,11 +190,27 @@ def _exported(config: TrainConfig, epoch: int, result: ValidationResult, best: d
     return best["mean_dice"] is None or (result.mean_dice is not None and result.mean_dice > best["mean_dice"])
 
 
-def _draw(real: list[PreparedCase], synthetic: list[AnatomyCase], synthetic_fraction: float,
-          rng: np.random.Generator) -> PreparedCase | AnatomyCase:
-    """One training case: synthetic with probability ``synthetic_fraction`` when there are both kinds."""
+def draw_case(real: list[PreparedCase], synthetic: list[AnatomyCase], synthetic_fraction: float,
+          rng: np.random.Generator) -> tuple[PreparedCase | AnatomyCase, int | None]:
+    """One training case and the organ to centre its patch on.
+
+    The pool is synthetic with probability ``synthetic_fraction`` when there are both kinds.
+    The organ is drawn uniformly among those the pool labels, then a case that labels it: an
+    organ labelled in few cases (the spleen in 2 of 16 anatomy maps) is as often in a patch
+    as the liver. None when no case of the pool labels an organ.
+    """
     pool = synthetic if synthetic and (not real or rng.random() < synthetic_fraction) else real
-    return pool[rng.integers(len(pool))]
+    organs = sorted({organ for case in pool for organ in _present(case)})
+    if not organs:
+        return pool[rng.integers(len(pool))], None
+    organ = organs[rng.integers(len(organs))]
+    candidates = [case for case in pool if organ in _present(case)]
+    return candidates[rng.integers(len(candidates))], organ
+
+
+def _present(case: PreparedCase | AnatomyCase) -> frozenset[int]:
+    """The organs a case labels that occur in its label map."""
+    return frozenset(case.labelled) & case.organ_labels
 
 
 def _initial_weights(path: Path, config: TrainConfig) -> tuple[dict, str]:
