@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline_speed.py
 	$(BIN)/python benchmarks/compare_speed.py
 	$(BIN)/python benchmarks/surface_speed.py
+	$(BIN)/python benchmarks/synthetic_speed.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
