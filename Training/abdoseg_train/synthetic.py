@@ -26,7 +26,7 @@ from scipy import ndimage
 from .anatomy import STRUCTURE_IDS
 
 PHASES = ("portal_venous", "arterial", "unenhanced")
-PHASE_PROBABILITIES = (0.5, 0.3, 0.2)
+PHASE_PROBABILITIES = (0.45, 0.25, 0.3)
 AIR_HU = -1000.0
 RANDOM_SOFT_TISSUE_HU = (-20.0, 250.0)
 
@@ -47,13 +47,14 @@ def _same(low: float, high: float) -> dict[str, tuple[float, float]]:
 
 # Ranges from the radiology literature on abdominal CT, widened so that the measured means of
 # real scans (liver 113-120, kidneys 169-206, spleen 116-119, portal vein 154-177, lung -858 to
-# -887, bone 250-333 HU in portal-venous 3D-IRCADb scans) lie well inside them.
+# -887, bone 250-333 HU in portal-venous 3D-IRCADb scans) lie well inside them. Unenhanced
+# kidneys reach down to 10 HU: on a 3 mm grid their parenchyma mixes with the sinus fat.
 TISSUES: dict[int, Tissue] = {
     STRUCTURE_IDS["outside"]: Tissue(_same(-1010, -990), (0, 10), soft=False),
-    STRUCTURE_IDS["liver"]: Tissue({"portal_venous": (90, 140), "arterial": (60, 100), "unenhanced": (45, 70)}, (6, 18)),
-    STRUCTURE_IDS["right_kidney"]: Tissue({"portal_venous": (140, 230), "arterial": (130, 260), "unenhanced": (25, 45)}, (8, 30)),
-    STRUCTURE_IDS["left_kidney"]: Tissue({"portal_venous": (140, 230), "arterial": (130, 260), "unenhanced": (25, 45)}, (8, 30)),
-    STRUCTURE_IDS["spleen"]: Tissue({"portal_venous": (95, 140), "arterial": (80, 150), "unenhanced": (40, 60)}, (6, 25)),
+    STRUCTURE_IDS["liver"]: Tissue({"portal_venous": (90, 140), "arterial": (60, 100), "unenhanced": (35, 70)}, (6, 18)),
+    STRUCTURE_IDS["right_kidney"]: Tissue({"portal_venous": (140, 230), "arterial": (130, 260), "unenhanced": (10, 45)}, (8, 30)),
+    STRUCTURE_IDS["left_kidney"]: Tissue({"portal_venous": (140, 230), "arterial": (130, 260), "unenhanced": (10, 45)}, (8, 30)),
+    STRUCTURE_IDS["spleen"]: Tissue({"portal_venous": (95, 140), "arterial": (80, 150), "unenhanced": (30, 60)}, (6, 25)),
     STRUCTURE_IDS["bone"]: Tissue(_same(180, 550), (60, 160), soft=False),
     STRUCTURE_IDS["lung"]: Tissue(_same(-900, -750), (20, 60), soft=False),
     STRUCTURE_IDS["artery"]: Tissue({"portal_venous": (140, 220), "arterial": (250, 450), "unenhanced": (30, 50)}, (5, 20)),
