@@ -5,7 +5,8 @@ A synthetic scan is made in three steps, all in Hounsfield units on the model gr
 1. **paint**: each structure gets a mean HU drawn from its range in a randomly chosen contrast
    phase (portal-venous, arterial or unenhanced) and a texture (a smooth random field scaled by
    a drawn spread); the body outside the labelled structures becomes a mixture of fat, soft
-   tissue (muscle, bowel wall), gas and, sometimes, oral contrast, with more fat under the skin.
+   tissue (muscle, bowel wall), gas and, sometimes, oral contrast, with more fat under the skin
+   and around the kidneys.
    With probability ``random_phase`` every soft-tissue structure instead gets any mean in
    ``RANDOM_SOFT_TISSUE_HU`` (SynthSeg-style randomisation, so that the network cannot rely on
    one organ's exact brightness);
@@ -106,7 +107,7 @@ def paint(structures: np.ndarray, depth_mm: np.ndarray, rng: np.random.Generator
     for label in np.unique(structures):
         inside = structures == label
         if label == BODY:
-            hu[inside] = _body_mixture(inside, depth_mm, texture, rng)
+            hu[inside] = _body_mixture(inside, depth_mm, _perirenal(structures, inside, rng), texture, rng)
             continue
         tissue = TISSUES[int(label)]
         low, high = RANDOM_SOFT_TISSUE_HU if randomise and tissue.soft else tissue.mean_hu[phase]
@@ -114,12 +115,21 @@ def paint(structures: np.ndarray, depth_mm: np.ndarray, rng: np.random.Generator
     return hu
 
 
-def _body_mixture(inside: np.ndarray, depth_mm: np.ndarray, texture: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _perirenal(structures: np.ndarray, inside: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(X, Y, Z) bool: body voxels within 1-4 voxels of a kidney (the perirenal fat), in 80 % of scans."""
+    kidneys = (structures == STRUCTURE_IDS["right_kidney"]) | (structures == STRUCTURE_IDS["left_kidney"])
+    if rng.random() >= 0.8 or not kidneys.any():
+        return np.zeros(structures.shape, dtype=bool)
+    return ndimage.binary_dilation(kidneys, iterations=int(rng.integers(1, 5))) & inside
+
+
+def _body_mixture(inside: np.ndarray, depth_mm: np.ndarray, perirenal: np.ndarray, texture: np.ndarray,
+                  rng: np.random.Generator) -> np.ndarray:
     """HU of the unlabelled body voxels (``inside``): fat, soft tissue, gas, oral contrast.
 
     A coarse random field decides which component a voxel is; fat is more likely within a
-    subcutaneous band of random thickness and soft tissue in the muscle layer beneath it, and
-    the skin itself (the first 2 mm) is soft tissue.
+    subcutaneous band of random thickness and around the kidneys (``perirenal``), soft tissue
+    in the muscle layer beneath the fat, and the skin itself (the first 2 mm) is soft tissue.
     """
     count = int(inside.sum())
     components = smooth_field(inside.shape, rng.uniform(1.0, 2.5), rng)[inside]
@@ -129,6 +139,7 @@ def _body_mixture(inside: np.ndarray, depth_mm: np.ndarray, texture: np.ndarray,
     muscle = subcutaneous + rng.uniform(5, 15)
     components += np.where((depth > 2) & (depth < subcutaneous), rng.uniform(2.0, 4.0), 0).astype(np.float32)
     components -= np.where((depth >= subcutaneous) & (depth < muscle), rng.uniform(1.0, 3.0), 0).astype(np.float32)
+    components += np.where(perirenal[inside], rng.uniform(2.0, 4.0), 0).astype(np.float32)
     fat_fraction, gas_fraction = rng.uniform(0.25, 0.55), rng.uniform(0.0, 0.06)
     contrast_fraction = rng.uniform(0.0, 0.05) if rng.random() < 0.25 else 0.0
     order = np.argsort(components)  # low field = soft tissue side, high field = fat side

@@ -2,7 +2,7 @@
 
     python Training/scripts/synthetic_vs_real.py REAL_CASE ANATOMY_MAP OUT.png [--seed N]
 
-Rows: an axial and a coronal slice through the liver's centre. Columns: the real case, then
+Rows: an axial and a coronal slice through the kidneys' centre. Columns: the real case, then
 the anatomy map painted in each contrast phase (``abdoseg_train.synthetic``). Everything on
 the model grid (3 mm), shown with a soft-tissue window (W 400, L 50), radiological
 convention (the patient's right on the left of the picture).
@@ -30,8 +30,8 @@ CAPTION = 18
 
 
 def views(hu: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
-    """Axial and coronal (rows, columns) slices of an (X, Y, Z) RAS volume through the liver's centre."""
-    x, y, z = np.rint(np.argwhere(labels == 1).mean(axis=0)).astype(int)
+    """Axial and coronal (rows, columns) slices of an (X, Y, Z) RAS volume through the kidneys' centre."""
+    x, y, z = np.rint(np.argwhere((labels == 2) | (labels == 3)).mean(axis=0)).astype(int)
     return [hu[::-1, ::-1, z].T, hu[::-1, y, ::-1].T]
 
 
