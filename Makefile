@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/compare_speed.py
 	$(BIN)/python benchmarks/surface_speed.py
 	$(BIN)/python benchmarks/synthetic_speed.py
+	$(BIN)/python benchmarks/architecture_speed.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
