@@ -20,6 +20,7 @@ from .synthetic import synthesise
 
 LEFT_RIGHT_AXIS = 0
 SYNTHETIC_MAPS = ("structures", "labels", "depth_mm")
+FOREGROUND_FRACTION = 0.67  # of crops centred on an organ voxel
 
 
 def flip_left_right(image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +65,7 @@ def crop(volume: torch.Tensor, centre: np.ndarray, size: tuple[int, int, int], f
     return block
 
 
-def random_crop(case: PreparedCase, size: tuple[int, int, int], rng: np.random.Generator, foreground_fraction: float = 0.67,
+def random_crop(case: PreparedCase, size: tuple[int, int, int], rng: np.random.Generator, foreground_fraction: float = FOREGROUND_FRACTION,
                 organ: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A (size) crop of image and labels (see crop_centre), padded where the volume is smaller.
 
@@ -123,7 +124,7 @@ class Augmenter:
         if self.spec is None:
             raise ValueError("an Augmenter for anatomy maps needs the model's preprocessing (spec)")
         labels = torch.from_numpy(case.labels)
-        centre = crop_centre(labels, _centre_organs(case, organ), self.rng, 0.67)
+        centre = crop_centre(labels, _centre_organs(case, organ), self.rng, FOREGROUND_FRACTION)
         maps = {"structures": torch.from_numpy(case.structures), "labels": labels, "depth_mm": torch.from_numpy(case.depth_mm)}
         maps = {key: crop(volume, centre, self.crop, 0) for key, volume in maps.items()}
         labelled = case.labelled
