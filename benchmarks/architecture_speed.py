@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import torch
 
 from AbdoSegLib.predict import infer_probabilities, window_size
 from AbdoSegLib.vnet import VNet, VNetConfig
+from pipeline_speed import GRID, SPACING_MM
+from timing import median_time
 
-FIELD_OF_VIEW_MM = (410.0, 410.0, 300.0)
+FIELD_OF_VIEW_MM = tuple(n * s for n, s in zip(GRID, SPACING_MM))  # the scan of pipeline_speed.py
 WINDOW = (160, 160, 160)
 ORGAN_EXTENTS_MM = {"liver": (200, 160, 180), "right kidney": (70, 70, 120), "left kidney": (70, 70, 120), "spleen": (120, 100, 130)}
 MARGIN_MM = 15.0
@@ -53,12 +53,7 @@ def grid_shape(extent_mm: tuple[float, ...], spacing_mm: float) -> tuple[int, in
 def inference_seconds(network: VNet, shape: tuple[int, int, int], repeat: int) -> float:
     volume = torch.zeros(shape)
     roi = window_size(shape, WINDOW, network.config.divisor)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        infer_probabilities(network, volume, roi, 0.25, torch.device("cpu"))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_time(lambda: infer_probabilities(network, volume, roi, 0.25, torch.device("cpu")), repeat)[0]
 
 
 def main() -> None:

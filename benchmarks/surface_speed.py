@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from AbdoSegLib.meshfiles import FORMATS, write_meshes
 from AbdoSegLib.regrid import labels_onto_grid
 from AbdoSegLib.resources import SAMPLE_REFERENCE
 from AbdoSegLib.surfaces import export_surfaces, organ_boxes, organ_surface
+from timing import median_time
 
 GRID = (512, 512, 200)
 
@@ -52,16 +52,6 @@ def resampled_reference(grid: tuple[int, int, int] = GRID) -> Image:
     new_to_old[:3, 3] = 0.5 * scale - 0.5
     target = Image(np.zeros(grid, dtype=np.uint8), labels.affine @ new_to_old)
     return labels_onto_grid(labels, target)
-
-
-def median_time(action, repeat: int) -> tuple[float, object]:
-    """Median wall time (s) of ``repeat`` calls of ``action`` and the last call's result."""
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def per_organ_table(labels: Image, folder: Path, repeat: int) -> list[str]:

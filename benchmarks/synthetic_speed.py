@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +31,9 @@ from abdoseg_train.fit import TrainConfig
 from abdoseg_train.losses import class_mask, partial_dice_ce_loss
 from abdoseg_train.synthetic import corrupt, paint
 from AbdoSegLib.vnet import VNet
+from timing import median_time
 
 DEFAULT_ANATOMY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "anatomy" / "ircad_05_anatomy.nii.gz"
-
-
-def median_seconds(action, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -77,10 +67,10 @@ def main() -> None:
         optimiser.step()
 
     rows = [
-        ("synthetic patch (crop, deform, paint, scanner effects, window)", median_seconds(lambda: augment(anatomy), args.repeat)),
-        (f"  paint only, {structures.shape[0]}^3 block", median_seconds(lambda: paint(structures, depth, rng), args.repeat)),
-        (f"  scanner effects only, {structures.shape[0]}^3 block", median_seconds(lambda: corrupt(painted, config.spacing_mm[0], rng), args.repeat)),
-        (f"training step, batch {config.batch_size} (forward, loss, backward, Adam)", median_seconds(step, max(3, args.repeat // 3))),
+        ("synthetic patch (crop, deform, paint, scanner effects, window)", median_time(lambda: augment(anatomy), args.repeat)[0]),
+        (f"  paint only, {structures.shape[0]}^3 block", median_time(lambda: paint(structures, depth, rng), args.repeat)[0]),
+        (f"  scanner effects only, {structures.shape[0]}^3 block", median_time(lambda: corrupt(painted, config.spacing_mm[0], rng), args.repeat)[0]),
+        (f"training step, batch {config.batch_size} (forward, loss, backward, Adam)", median_time(step, max(3, args.repeat // 3))[0]),
     ]
     print(f"anatomy {anatomy.name} on the {config.spacing_mm[0]:g} mm grid {anatomy.structures.shape}; patch {config.patch}; "
           f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}\n")

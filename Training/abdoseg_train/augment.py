@@ -129,9 +129,9 @@ class Augmenter:
         maps = {key: crop(volume, centre, self.crop, 0) for key, volume in maps.items()}
         labelled = case.labelled
         if self.rng.random() < self.flip_probability:
-            # The structure map keeps its kidney ids: both kidneys are painted alike.
-            maps["labels"] = flip_left_right(maps["structures"], maps["labels"])[1]
-            maps["structures"], maps["depth_mm"] = maps["structures"].flip(LEFT_RIGHT_AXIS), maps["depth_mm"].flip(LEFT_RIGHT_AXIS)
+            # Mirrored like an image, the structure map keeps its kidney ids: both are painted alike.
+            maps["structures"], maps["labels"] = flip_left_right(maps["structures"], maps["labels"])
+            maps["depth_mm"] = maps["depth_mm"].flip(LEFT_RIGHT_AXIS)
             labelled = swap_labelled(labelled)
         deformed = self.map_affine({key: volume[None].float() for key, volume in maps.items()})
         structures, labels, depth = (torch.as_tensor(deformed[key])[0].round().to(torch.uint8).numpy() for key in SYNTHETIC_MAPS)

@@ -145,9 +145,10 @@ def _body_mixture(inside: np.ndarray, depth_mm: np.ndarray, perirenal: np.ndarra
     order = np.argsort(components)  # low field = soft tissue side, high field = fat side
     ranks = np.empty(count, dtype=np.float32)
     ranks[order] = np.arange(count, dtype=np.float32) / max(count, 1)
-    values = rng.uniform(*SOFT_HU) + rng.uniform(*SOFT_SPREAD) * texture[inside]
+    body_texture = texture[inside]
+    values = rng.uniform(*SOFT_HU) + rng.uniform(*SOFT_SPREAD) * body_texture
     fat = ranks >= 1 - fat_fraction
-    values[fat] = rng.uniform(*FAT_HU) + rng.uniform(*FAT_SPREAD) * texture[inside][fat]
+    values[fat] = rng.uniform(*FAT_HU) + rng.uniform(*FAT_SPREAD) * body_texture[fat]
     gas = ranks < gas_fraction
     values[gas] = rng.uniform(*GAS_HU)
     contrast = (ranks >= gas_fraction) & (ranks < gas_fraction + contrast_fraction)
