@@ -15,7 +15,8 @@ from AbdoSegLib.bundle import load_bundle
 from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.imageio import read_image
 from AbdoSegLib.preprocessing import Preprocessing, labels_to_model_grid, model_grid
-from abdoseg_train.anatomy import STRUCTURE_IDS, AnatomyCase, discover_anatomy, load_anatomy
+from abdoseg_train.anatomy import AnatomyCase, discover_anatomy, load_anatomy
+from abdoseg_train.structures import STRUCTURE_IDS
 from abdoseg_train.augment import Augmenter
 from abdoseg_train.cases import discover_cases
 from abdoseg_train.cli import main as train_main

@@ -1,6 +1,6 @@
 """Anatomy maps without CT (the raw material of synthetic CT), on the model grid.
 
-An anatomy map labels every voxel of a real patient with a structure (``STRUCTURES``: outside
+An anatomy map labels every voxel of a real patient with a structure (``MAP_STRUCTURES``: outside
 the body, the four organs, the rest of the body, bone, lung, vessels, lesions...). Each map
 comes as three files side by side:
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -27,15 +28,11 @@ from AbdoSegLib.imageio import read_image
 from AbdoSegLib.organs import NUM_CLASSES, organ_by_name
 from AbdoSegLib.preprocessing import Preprocessing, labels_to_model_grid, model_grid, same_physical_grid
 
-STRUCTURES = {
-    0: "outside", 1: "liver", 2: "right_kidney", 3: "left_kidney", 4: "spleen", 5: "body_other",
-    6: "bone", 7: "lung", 8: "artery", 9: "vein", 10: "portal_vein", 11: "gallbladder", 12: "stomach",
-    13: "pancreas", 14: "adrenal_gland", 15: "liver_tumour", 16: "liver_cyst", 17: "other_tumour",
-    18: "biliary_system", 19: "stones", 20: "metal", 21: "resection_site",
-}
-STRUCTURE_IDS = {name: label for label, name in STRUCTURES.items()}
+from .structures import MAP_STRUCTURES, STRUCTURE_IDS
+from .thorax import add_thorax
+
 MAP_SUFFIX = "_anatomy.nii.gz"
-CACHE_VERSION = 1  # bump when the cached content changes
+CACHE_VERSION = 2  # bump when the cached content changes
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,8 @@ class AnatomySource:
 class AnatomyCase:
     """One anatomy map on the model grid, in canonical RAS voxel order.
 
-    structures: (X, Y, Z) uint8 structure ids (``STRUCTURES``, detail map);
+    structures: (X, Y, Z) uint8 structure ids (``structures.STRUCTURES``: the detail map, with
+    lungs and heart drawn where it leaves the chest unlabelled, ``thorax.py``);
     labels: (X, Y, Z) uint8 organ ids 0-4 (target map; other structures -> 0);
     depth_mm: (X, Y, Z) uint8 distance below the body surface in mm (capped at 255);
     labelled: organ ids really segmented; affine: (4, 4) model grid voxel-to-RAS mm.
@@ -106,12 +104,13 @@ def load_anatomy(source: AnatomySource, spec: Preprocessing, cache_dir: Path | N
         raise AbdoSegError(f"anatomy map {source.name}: its detail map is not on the grid of its target map.")
     grid = model_grid(detail, spec.spacing_mm)
     structures = labels_to_model_grid(detail, grid)
-    if structures.max() >= len(STRUCTURES):
-        raise AbdoSegError(f"anatomy map {source.name}: structure id {structures.max()} is not one of 0-{len(STRUCTURES) - 1}.")
+    if structures.max() >= len(MAP_STRUCTURES):
+        raise AbdoSegError(f"anatomy map {source.name}: structure id {structures.max()} is not one of 0-{len(MAP_STRUCTURES) - 1}.")
     labels = labels_to_model_grid(target, grid)
     labels[labels >= NUM_CLASSES] = 0
     spacing = np.linalg.norm(grid.affine[:3, :3], axis=0)
     depth_mm = np.minimum(ndimage.distance_transform_edt(structures != STRUCTURE_IDS["outside"], sampling=spacing), 255).astype(np.uint8)
+    structures = add_thorax(structures, spacing, seed=zlib.crc32(source.name.encode()))
     if cache_file:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache_file, structures=structures, labels=labels, depth_mm=depth_mm, affine=grid.affine)

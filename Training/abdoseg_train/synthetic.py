@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .anatomy import STRUCTURE_IDS
+from .structures import STRUCTURE_IDS
 
 PHASES = ("portal_venous", "arterial", "unenhanced")
 PHASE_PROBABILITIES = (0.45, 0.25, 0.3)
@@ -72,6 +72,8 @@ TISSUES: dict[int, Tissue] = {
     STRUCTURE_IDS["stones"]: Tissue(_same(200, 800), (30, 100), soft=False),
     STRUCTURE_IDS["metal"]: Tissue(_same(1000, 3000), (100, 400), soft=False),
     STRUCTURE_IDS["resection_site"]: Tissue(_same(-40, 50), (10, 30)),
+    # Blood pool and myocardium; arterial-phase left-heart blood reaches the aorta's brightness.
+    STRUCTURE_IDS["heart"]: Tissue({"portal_venous": (100, 200), "arterial": (130, 400), "unenhanced": (30, 55)}, (10, 30)),
 }
 
 # The unlabelled body: (low, high) of each component's mean HU and its texture spread.
