@@ -34,9 +34,9 @@ UNDER_DIAPHRAGM = tuple(STRUCTURE_IDS[name] for name in ("liver", "spleen", "sto
 
 
 def add_thorax(structures: np.ndarray, spacing_mm: np.ndarray, seed: int) -> np.ndarray:
-    """(X, Y, Z) structure ids on an isotropic-or-not grid of ``spacing_mm`` (3,), canonical RAS
-    (x to the patient's right, y anterior, z superior) -> a copy with lung and heart drawn in
-    ``body_other`` above the diaphragm. Maps without liver or bone are returned unchanged.
+    """(X, Y, Z) structure ids, voxel size ``spacing_mm`` (3,) in mm, canonical RAS (x to the
+    patient's right, y anterior, z superior) -> a copy with lung and heart drawn in ``body_other``
+    above the diaphragm. Maps without liver or bone are returned unchanged.
     """
     liver, bone = structures == LIVER, structures == BONE
     if not liver.any() or not bone.any():
