@@ -28,6 +28,7 @@ from AbdoSegLib.imageio import read_image
 from AbdoSegLib.organs import NUM_CLASSES, organ_by_name
 from AbdoSegLib.preprocessing import Preprocessing, labels_to_model_grid, model_grid, same_physical_grid
 
+from .prepared import organs_present
 from .structures import MAP_STRUCTURES, STRUCTURE_IDS
 from .thorax import add_thorax
 
@@ -65,7 +66,7 @@ class AnatomyCase:
 
     @cached_property
     def organ_labels(self) -> frozenset[int]:
-        return frozenset(int(v) for v in np.unique(self.labels)) - {0}
+        return organs_present(self.labels)
 
 
 def discover_anatomy(path: Path) -> list[AnatomySource]:

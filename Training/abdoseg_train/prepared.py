@@ -38,7 +38,7 @@ class PreparedCase:
     @cached_property
     def organ_labels(self) -> frozenset[int]:
         """The organ ids that occur in the labels."""
-        return frozenset(int(v) for v in torch.unique(self.labels).tolist()) - {0}
+        return organs_present(self.labels)
 
 
 def prepare(case: Case, spec: Preprocessing, cache_dir: Path | None = None) -> PreparedCase:
@@ -75,3 +75,8 @@ def _cache_file(case: Case, spec: Preprocessing, cache_dir: Path) -> Path:
                "mapping": {str(k): v for k, v in sorted((case.mapping or {}).items())}}
     key = json.dumps([CACHE_VERSION, str(case.image.resolve()), stat.st_mtime, sources, spec.to_dict()])
     return Path(cache_dir) / f"{case.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+
+def organs_present(labels: np.ndarray | torch.Tensor) -> frozenset[int]:
+    """The organ ids (non-zero) that occur in (X, Y, Z) labels, a numpy array or a CPU tensor."""
+    return frozenset(int(v) for v in np.unique(np.asarray(labels))) - {0}

@@ -44,7 +44,8 @@ def add_thorax(structures: np.ndarray, spacing_mm: np.ndarray, seed: int) -> np.
     rng = np.random.default_rng(seed)
     spacing = np.asarray(spacing_mm, dtype=np.float64)
     dome = int(np.flatnonzero(liver.any(axis=(0, 1)))[-1])
-    cavity = (structures == BODY) & _above_diaphragm(structures, dome, spacing, rng) & _rib_cage(bone)
+    above = _above_diaphragm(structures, dome, spacing, rng)
+    cavity = (structures == BODY) & above & _rib_cage(bone, np.flatnonzero(above.any(axis=(0, 1))))
     cavity &= ~ndimage.binary_dilation(bone | np.isin(structures, MEDIASTINAL), iterations=2)
     heart = cavity & _heart_ellipsoid(structures, dome, spacing, rng)
     result = structures.copy()
@@ -65,11 +66,12 @@ def _above_diaphragm(structures: np.ndarray, dome: int, spacing: np.ndarray, rng
     return z[None, None, :] > floor[:, :, None]
 
 
-def _rib_cage(bone: np.ndarray) -> np.ndarray:
-    """(X, Y, Z) bool: inside the convex hull of the bone in each axial slice, less one voxel."""
+def _rib_cage(bone: np.ndarray, slices: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) bool: inside the convex hull of the bone in each axial slice of ``slices`` (the
+    others stay False), less one voxel in-plane."""
     inside = np.zeros(bone.shape, dtype=bool)
     grid = np.stack(np.meshgrid(np.arange(bone.shape[0]), np.arange(bone.shape[1]), indexing="ij"), axis=-1).reshape(-1, 2)
-    for k in range(bone.shape[2]):
+    for k in slices:
         points = np.argwhere(bone[:, :, k])
         if len(points) < 3:
             continue
