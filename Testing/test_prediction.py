@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from AbdoSegLib import predict
-from AbdoSegLib.cleanup import clean_labels
+from AbdoSegLib.cleanup import FAT_MAX_HU, clean_labels
 from AbdoSegLib.image import Image
 from AbdoSegLib.organs import NUM_CLASSES
 from AbdoSegLib.predict import PAD_VALUE, count_windows, infer_probabilities, segment
@@ -233,6 +233,11 @@ def _ball(shape, centre, radius) -> np.ndarray:
     return np.linalg.norm(grid - np.array(centre), axis=-1) <= radius
 
 
+def _soft_tissue(labels: np.ndarray) -> np.ndarray:
+    """HU of 40 everywhere: nothing is fat, so only the components and holes matter."""
+    return np.full(labels.shape, 40.0, np.float32)
+
+
 def test_clean_labels_keeps_the_largest_component_of_each_organ():
     shape = (40, 40, 40)
     labels = np.zeros(shape, np.uint8)
@@ -241,7 +246,7 @@ def test_clean_labels_keeps_the_largest_component_of_each_organ():
     labels[30:37, 5:12, 5:12] = 4  # spleen
     labels[2:4, 2:4, 30:32] = 4  # a stray spleen island
     labels[30:33, 20:23, 2:5] = 2  # right kidney: one piece, kept
-    cleaned = clean_labels(labels)
+    cleaned = clean_labels(labels, _soft_tissue(labels))
     assert cleaned.dtype == np.uint8 and cleaned.shape == shape
     np.testing.assert_array_equal(cleaned == 1, _ball(shape, (12, 20, 20), 8))
     expected_spleen = np.zeros(shape, bool)
@@ -257,7 +262,7 @@ def test_clean_labels_counts_diagonal_neighbours_as_connected():
     labels[2:4, 2:4, 2:4] = 1
     labels[4, 4, 4] = 1  # touches the cube only at a corner
     labels[8, 8, 8] = 1  # really separate
-    cleaned = clean_labels(labels)
+    cleaned = clean_labels(labels, _soft_tissue(labels))
     assert cleaned[4, 4, 4] == 1 and cleaned[8, 8, 8] == 0 and (cleaned[2:4, 2:4, 2:4] == 1).all()
 
 
@@ -269,7 +274,7 @@ def test_clean_labels_fills_an_enclosed_hole_but_not_another_organ():
     labels[liver & ~hole] = 1
     labels[15, 15, 8] = 0  # a second, one-voxel hole
     labels[15, 15, 20] = 4  # a spleen voxel enclosed by the liver stays spleen
-    cleaned = clean_labels(labels)
+    cleaned = clean_labels(labels, _soft_tissue(labels))
     expected = liver.copy()
     expected[15, 15, 20] = False
     np.testing.assert_array_equal(cleaned == 1, expected)
@@ -277,7 +282,26 @@ def test_clean_labels_fills_an_enclosed_hole_but_not_another_organ():
     # a notch open to the outside is not a hole
     notched = labels.copy()
     notched[15, 15, 0:12] = 0
-    assert (clean_labels(notched)[15, 15, 0:5] == 0).all()
+    assert (clean_labels(notched, _soft_tissue(notched))[15, 15, 0:5] == 0).all()
+
+
+def test_clean_labels_drops_fat_and_gas_but_refills_an_enclosed_fat_pocket():
+    shape = (40, 40, 40)
+    kidney = _ball(shape, (20, 20, 20), 10)
+    labels = np.where(kidney, 2, 0).astype(np.uint8)
+    hu = np.full(shape, 30.0, np.float32)  # unenhanced kidney
+    sinus = kidney & (np.indices(shape)[0] >= 24) & (np.abs(np.indices(shape)[1] - 20) <= 3)  # open to the side
+    hu[sinus] = -100.0
+    hu[20, 20, 10] = -800.0  # a gas voxel at the pole (on the surface)
+    hu[14:17, 19:22, 19:22] = -90.0  # fat enclosed by parenchyma
+    hu[20, 20, 11] = FAT_MAX_HU  # exactly at the bound: still organ
+    labels[20, 20, 31:34] = 2  # a tail joined to the kidney ...
+    hu[20, 20, 30] = -120.0  # ... only through fat
+    cleaned = clean_labels(labels, hu)
+    expected = kidney & ~sinus
+    expected[20, 20, 10] = expected[20, 20, 30] = False
+    np.testing.assert_array_equal(cleaned == 2, expected)
+    assert not (cleaned[~kidney]).any()
 
 
 # --- back to the input grid -----------------------------------------------------------
@@ -296,7 +320,8 @@ def _sphere_probabilities(grid, centre, radius, organ, blobs=()) -> torch.Tensor
 
 
 def _to_input_grid(probabilities: torch.Tensor, grid) -> np.ndarray:
-    cleaned = clean_labels(probabilities.argmax(dim=0).to(torch.uint8).numpy())
+    labels = probabilities.argmax(dim=0).to(torch.uint8).numpy()
+    cleaned = clean_labels(labels, _soft_tissue(labels))
     return labels_on_input_grid(probabilities, cleaned, grid)
 
 

@@ -14,6 +14,7 @@ from AbdoSegLib.image import Image
 from AbdoSegLib.preprocessing import (
     Preprocessing,
     canonical,
+    hounsfield,
     labels_to_model_grid,
     model_grid,
     normalise,
@@ -226,10 +227,13 @@ def test_labels_to_model_grid_and_nearest_back_is_the_identity(permutation, flip
     np.testing.assert_array_equal(back, labels.array)
 
 
-def test_normalise_maps_the_window_to_minus_one_one():
+def test_normalise_maps_the_window_to_minus_one_one_and_hounsfield_undoes_it():
     hu = torch.tensor([-3000.0, -200.0, 100.0, 400.0, 3000.0, -50.0])
     out = normalise(hu.clone(), (-200.0, 400.0))
     np.testing.assert_allclose(out.numpy(), [-1.0, -1.0, 0.0, 1.0, 1.0, -0.5], atol=1e-7)
+    back = hounsfield(out, (-200.0, 400.0))
+    assert back.dtype == np.float32
+    np.testing.assert_allclose(back, [-200.0, -200.0, 100.0, 400.0, 400.0, -50.0], atol=1e-4)
 
 
 def _flip_axis0(image: Image) -> Image:

@@ -21,7 +21,7 @@ from abdoseg_train.augment import Augmenter
 from abdoseg_train.cases import discover_cases
 from abdoseg_train.cli import main as train_main
 from abdoseg_train.fit import TrainConfig, fit
-from abdoseg_train.synthetic import FAT_HU, PHASES, TISSUES, paint, synthesise
+from abdoseg_train.synthetic import FAT_HU, GAS_HU, ORAL_CONTRAST_HU, PHASES, SOFT_HU, TISSUES, paint, synthesise
 
 SPEC = Preprocessing((3.0, 3.0, 3.0), (-200.0, 400.0))
 FULL_ANATOMY = "ircad_05"  # the one map with liver, both kidneys, spleen, lungs, stomach and pancreas
@@ -65,6 +65,24 @@ def test_painted_tissues_lie_in_their_phase_ranges(full_anatomy, phase):
     body = hu[full_anatomy.structures == STRUCTURE_IDS["body_other"]]
     fat_share = float(np.mean((body > FAT_HU[0] - 60) & (body < FAT_HU[1] + 40)))
     assert 0.2 < fat_share < 0.75  # a fat / soft tissue mixture, as in real abdomens (~42 % fat)
+
+
+def test_gas_and_oral_contrast_stay_in_the_bowel_and_muscle_covers_the_liver(full_anatomy):
+    """No gas or contrast in the body wall; the body voxels that touch the liver on the skin side
+    (the diaphragm and wall muscles) are soft tissue. The generator before this rule put bowel gas
+    in the wall's muscle layer and left a third of that cover fat, gas or contrast."""
+    structures, depth = full_anatomy.structures, full_anatomy.depth_mm
+    body = structures == STRUCTURE_IDS["body_other"]
+    distance, nearest = ndimage.distance_transform_edt(structures != STRUCTURE_IDS["liver"], return_indices=True)
+    cover = body & (distance <= 1) & (depth < depth[tuple(nearest)])
+    assert cover.sum() > 1000
+    for seed in range(6):
+        hu = paint(structures, depth, np.random.default_rng(seed), phase="portal_venous")
+        bowel_content = body & ((hu <= GAS_HU[1]) | (hu >= ORAL_CONTRAST_HU[0]))
+        assert not (bowel_content & (depth < 10)).any()  # the wall: at least 5 mm of fat and 5 of muscle
+        assert not (bowel_content & cover).any()
+        soft = (hu[cover] >= SOFT_HU[0] - 60) & (hu[cover] <= SOFT_HU[1] + 60)
+        assert soft.mean() > 0.95, (seed, soft.mean())
 
 
 def test_phases_order_the_enhancement_of_kidneys_and_arteries(full_anatomy):

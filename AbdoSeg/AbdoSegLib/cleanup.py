@@ -1,4 +1,4 @@
-"""Clean-up of a predicted labelmap: one connected piece per organ, no holes inside it."""
+"""Clean-up of a predicted labelmap: no fat or gas, one connected piece per organ, no holes inside it."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ import numpy as np
 from scipy import ndimage
 
 from .organs import BACKGROUND, ORGANS
+
+# Upper bound of adipose tissue in CT (body-composition work segments fat as -190...-30 HU).
+# Liver, kidney and spleen parenchyma lie above it in every phase, so an organ voxel below it
+# is renal-sinus or perirenal fat, bowel gas or air that the network took in at the edge.
+FAT_MAX_HU = -30.0
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -18,14 +23,18 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return components == int(np.argmax(sizes))
 
 
-def clean_labels(labels: np.ndarray) -> np.ndarray:
-    """Keep each organ's largest component and fill its holes (only where nothing else is).
+def clean_labels(labels: np.ndarray, hu: np.ndarray) -> np.ndarray:
+    """Drop organ voxels below ``FAT_MAX_HU``, then keep each organ's largest component and
+    fill its holes (only where nothing else is; an enclosed pocket of fat is organ again).
 
-    labels: (X, Y, Z) uint8 organ ids; returns a new array of the same shape.
+    labels: (X, Y, Z) uint8 organ ids; hu: (X, Y, Z) HU on the same grid (the network's input
+    is enough: a window that starts below -30 HU keeps the values that matter). Returns a new
+    uint8 array of the labels' shape.
     """
+    not_fat = hu >= FAT_MAX_HU
     cleaned = np.zeros_like(labels)
     for organ in ORGANS:
-        mask = labels == organ.label
+        mask = (labels == organ.label) & not_fat
         if not mask.any():
             continue
         mask = largest_component(mask)

@@ -13,7 +13,7 @@ from .bundle import ModelBundle
 from .cleanup import clean_labels
 from .errors import AbdoSegError
 from .image import Image
-from .preprocessing import preprocess
+from .preprocessing import hounsfield, preprocess
 from .progress import NoProgress
 from .sliding_window import sliding_window, window_starts
 from .upsampling import labels_on_input_grid
@@ -103,7 +103,8 @@ def segment(image: Image, bundle: ModelBundle, device: str = "auto", progress: P
 
     start = time.perf_counter()
     progress("postprocess", 0.0, "cleaning up and returning to the input grid")
-    cleaned = clean_labels(probabilities.argmax(dim=0).to(torch.uint8).numpy())
+    hu = hounsfield(volume, bundle.preprocessing.hu_window)
+    cleaned = clean_labels(probabilities.argmax(dim=0).to(torch.uint8).numpy(), hu)
     labels = labels_on_input_grid(probabilities, cleaned, grid)
     timings["postprocess"] = time.perf_counter() - start
     return Prediction(image.with_array(labels), str(torch_device), timings)

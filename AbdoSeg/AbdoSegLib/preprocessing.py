@@ -138,6 +138,12 @@ def normalise(hu: torch.Tensor, hu_window: tuple[float, float]) -> torch.Tensor:
     return hu.clamp_(low, high).sub_((low + high) / 2).div_((high - low) / 2)
 
 
+def hounsfield(normalised: torch.Tensor, hu_window: tuple[float, float]) -> np.ndarray:
+    """The inverse of ``normalise``: (X, Y, Z) values in [-1, 1] -> float32 numpy HU within the window."""
+    low, high = hu_window
+    return (normalised * ((high - low) / 2) + (low + high) / 2).numpy().astype(np.float32, copy=False)
+
+
 def preprocess(image: Image, spec: Preprocessing) -> tuple[torch.Tensor, ModelGrid]:
     """CT Image -> (normalised float32 tensor of grid.shape, ModelGrid)."""
     grid = model_grid(image, spec.spacing_mm)

@@ -160,7 +160,7 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
             record = {"epoch": epoch, "loss": round(float(np.mean(losses)), 4),
                       "learning_rate": scheduler.get_last_lr()[0], "seconds": round(time.time() - started, 1)}
             if validation_data and (epoch % config.validate_every == 0 or epoch == config.epochs):
-                result = validate(network, validation_data, config.inference_patch, run.device)
+                result = validate(network, validation_data, config.inference_patch, config.hu_window, run.device)
                 record.update(result.flat())
                 if _exported(config, epoch, result, best):
                     best = dict(result.summary(), epoch=epoch)

@@ -6,7 +6,8 @@ A synthetic scan is made in three steps, all in Hounsfield units on the model gr
    phase (portal-venous, arterial or unenhanced) and a texture (a smooth random field scaled by
    a drawn spread); the body outside the labelled structures becomes a mixture of fat, soft
    tissue (muscle, bowel wall), gas and, sometimes, oral contrast, with more fat under the skin
-   and around the kidneys.
+   and around the kidneys, muscle over the liver and spleen, and gas and contrast only in the
+   bowel, beneath the body wall.
    With probability ``random_phase`` every soft-tissue structure instead gets any mean in
    ``RANDOM_SOFT_TISSUE_HU`` (SynthSeg-style randomisation, so that the network cannot rely on
    one organ's exact brightness);
@@ -109,7 +110,8 @@ def paint(structures: np.ndarray, depth_mm: np.ndarray, rng: np.random.Generator
     for label in np.unique(structures):
         inside = structures == label
         if label == BODY:
-            hu[inside] = _body_mixture(inside, depth_mm, _perirenal(structures, inside, rng), texture, rng)
+            hu[inside] = _body_mixture(inside, depth_mm, _perirenal(structures, inside, rng),
+                                       _organ_cover(structures, depth_mm, inside, rng), texture, rng)
             continue
         tissue = TISSUES[int(label)]
         low, high = RANDOM_SOFT_TISSUE_HU if randomise and tissue.soft else tissue.mean_hu[phase]
@@ -125,15 +127,37 @@ def _perirenal(structures: np.ndarray, inside: np.ndarray, rng: np.random.Genera
     return ndimage.binary_dilation(kidneys, iterations=int(rng.integers(1, 5))) & inside
 
 
-def _body_mixture(inside: np.ndarray, depth_mm: np.ndarray, perirenal: np.ndarray, texture: np.ndarray,
-                  rng: np.random.Generator) -> np.ndarray:
+def _organ_cover(structures: np.ndarray, depth_mm: np.ndarray, inside: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(X, Y, Z) bool: body voxels within 1-3 voxels of the liver or spleen on the skin side.
+
+    The diaphragm and the muscles of the body wall always lie between these organs and the
+    subcutaneous fat; a voxel is on the skin side when it is shallower than its nearest organ voxel.
+    """
+    organs = (structures == STRUCTURE_IDS["liver"]) | (structures == STRUCTURE_IDS["spleen"])
+    if not organs.any():
+        return np.zeros(structures.shape, dtype=bool)
+    distance, nearest = ndimage.distance_transform_edt(~organs, return_indices=True)
+    shallower = depth_mm < depth_mm[tuple(nearest)]
+    return inside & shallower & (distance <= int(rng.integers(1, 4)))
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """(N,) float32 rank of each value in [0, 1): 0 for the smallest."""
+    ranks = np.empty(len(values), dtype=np.float32)
+    ranks[np.argsort(values)] = np.arange(len(values), dtype=np.float32) / max(len(values), 1)
+    return ranks
+
+
+def _body_mixture(inside: np.ndarray, depth_mm: np.ndarray, perirenal: np.ndarray, cover: np.ndarray,
+                  texture: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """HU of the unlabelled body voxels (``inside``): fat, soft tissue, gas, oral contrast.
 
     A coarse random field decides which component a voxel is; fat is more likely within a
     subcutaneous band of random thickness and around the kidneys (``perirenal``), soft tissue
-    in the muscle layer beneath the fat, and the skin itself (the first 2 mm) is soft tissue.
+    in the muscle layer beneath the fat and over the liver and spleen (``cover``), and the skin
+    itself (the first 2 mm) is soft tissue. Gas and oral contrast lie in the bowel, so only
+    beneath the body wall.
     """
-    count = int(inside.sum())
     components = smooth_field(inside.shape, rng.uniform(1.0, 2.5), rng)[inside]
     depth = depth_mm[inside].astype(np.float32)
     # Body wall: subcutaneous fat, then a layer of muscle, then the mixture of the abdomen.
@@ -142,18 +166,20 @@ def _body_mixture(inside: np.ndarray, depth_mm: np.ndarray, perirenal: np.ndarra
     components += np.where((depth > 2) & (depth < subcutaneous), rng.uniform(2.0, 4.0), 0).astype(np.float32)
     components -= np.where((depth >= subcutaneous) & (depth < muscle), rng.uniform(1.0, 3.0), 0).astype(np.float32)
     components += np.where(perirenal[inside], rng.uniform(2.0, 4.0), 0).astype(np.float32)
+    components -= np.where(cover[inside], rng.uniform(3.0, 5.0), 0).astype(np.float32)
     fat_fraction, gas_fraction = rng.uniform(0.25, 0.55), rng.uniform(0.0, 0.06)
     contrast_fraction = rng.uniform(0.0, 0.05) if rng.random() < 0.25 else 0.0
-    order = np.argsort(components)  # low field = soft tissue side, high field = fat side
-    ranks = np.empty(count, dtype=np.float32)
-    ranks[order] = np.arange(count, dtype=np.float32) / max(count, 1)
+    ranks = _ranks(components)  # low field = soft tissue side, high field = fat side
+    bowel = (depth >= muscle) & ~cover[inside]
+    bowel_ranks = np.ones_like(ranks)
+    bowel_ranks[bowel] = _ranks(components[bowel])
     body_texture = texture[inside]
     values = rng.uniform(*SOFT_HU) + rng.uniform(*SOFT_SPREAD) * body_texture
     fat = ranks >= 1 - fat_fraction
     values[fat] = rng.uniform(*FAT_HU) + rng.uniform(*FAT_SPREAD) * body_texture[fat]
-    gas = ranks < gas_fraction
+    gas = bowel_ranks < gas_fraction
     values[gas] = rng.uniform(*GAS_HU)
-    contrast = (ranks >= gas_fraction) & (ranks < gas_fraction + contrast_fraction)
+    contrast = (bowel_ranks >= gas_fraction) & (bowel_ranks < gas_fraction + contrast_fraction)
     values[contrast] = rng.uniform(*ORAL_CONTRAST_HU)
     values[depth <= 2] = rng.uniform(*SOFT_HU)
     return values

@@ -17,6 +17,7 @@ from AbdoSegLib.image import Image
 from AbdoSegLib.metrics import compare_labelmaps
 from AbdoSegLib.organs import ORGANS
 from AbdoSegLib.predict import infer_probabilities, window_size
+from AbdoSegLib.preprocessing import hounsfield
 from AbdoSegLib.vnet import VNet
 
 from .prepared import PreparedCase
@@ -59,14 +60,18 @@ class ValidationResult:
         return row
 
 
-def validate(network: VNet, cases: list[PreparedCase], inference_patch: tuple[int, int, int], device: torch.device) -> ValidationResult:
-    """Segment each case on its model grid and compare with its labels (labelled organs only)."""
+def validate(network: VNet, cases: list[PreparedCase], inference_patch: tuple[int, int, int], hu_window: tuple[float, float],
+             device: torch.device) -> ValidationResult:
+    """Segment each case on its model grid and compare with its labels (labelled organs only).
+
+    hu_window: the window the cases' images were normalised with (the clean-up needs HU).
+    """
     network.eval()
     per_case = {}
     for case in cases:
         roi = window_size(tuple(case.image.shape), inference_patch, network.config.divisor)
         probabilities = infer_probabilities(network, case.image, roi, 0.25, device)
-        predicted = clean_labels(probabilities.argmax(0).to(torch.uint8).numpy())
+        predicted = clean_labels(probabilities.argmax(0).to(torch.uint8).numpy(), hounsfield(case.image, hu_window))
         metrics = compare_labelmaps(Image(predicted, case.affine), Image(case.labels.numpy(), case.affine))
         per_case[case.name] = {
             organ.name: {metric: _plain(metrics[organ.name][metric]) for metric in REPORTED}
