@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -24,9 +25,12 @@ from AbdoSegLib.organs import NUM_CLASSES
 from AbdoSegLib.resources import SAMPLE_CT, SAMPLE_REFERENCE
 from abdoseg_train.augment import Augmenter, flip_left_right, random_crop, swap_labelled
 from abdoseg_train.cases import discover_cases
-from abdoseg_train.checkpoint import load_checkpoint
-from abdoseg_train.fit import TrainConfig, draw_case, fit
+from abdoseg_train import fit as fit_module
+from abdoseg_train.checkpoint import load_checkpoint, save_checkpoint
+from abdoseg_train.draw import draw_case
+from abdoseg_train.fit import TrainConfig, fit
 from abdoseg_train.losses import class_mask, marginal_probabilities, partial_dice_ce_loss
+from abdoseg_train.patches import epoch_batches
 from abdoseg_train.prepared import PreparedCase
 
 
@@ -141,17 +145,40 @@ def _train_cli(*args: str, launcher: tuple[str, ...] = ()) -> subprocess.Complet
 TINY_ARGS = ("--width", "4", "--patch", "32", "--iterations-per-epoch", "2", "--validate-every", "1", "--lr", "1e-3")
 
 
-def test_resume_continues_from_the_checkpoint_and_export_rebuilds_the_bundle(tiny_dataset, tmp_path):
+def test_a_run_resumed_after_a_crash_ends_with_the_weights_of_an_uninterrupted_one(tiny_dataset, tmp_path, monkeypatch):
+    """Two epochs with two worker processes; the first attempt dies after epoch 1's checkpoint."""
+    train, val = discover_cases(tiny_dataset[0]), discover_cases(tiny_dataset[1])
+    config = TrainConfig(width=4, depth=2, convs_per_stage=(1, 1, 1), patch=(32, 32, 32), inference_patch=(96, 96, 64),
+                         epochs=2, iterations_per_epoch=2, validate_every=1, learning_rate=1e-3, workers=2)
+    fit(train, val, config, tmp_path / "whole.safetensors", tmp_path / "whole")
+
+    def crash_after_saving(path, **state):
+        save_checkpoint(path, **state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "save_checkpoint", crash_after_saving)
+    with pytest.raises(KeyboardInterrupt):
+        fit(train, val, config, tmp_path / "crashed.safetensors", tmp_path / "run")
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
+    fit(train, val, config, tmp_path / "resumed.safetensors", tmp_path / "run", resume=tmp_path / "run" / "checkpoint.pt")
+    whole, resumed = load_checkpoint(tmp_path / "whole" / "checkpoint.pt"), load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert [row["loss"] for row in resumed["log"]] == [row["loss"] for row in whole["log"]]
+    for key, value in whole["network"].items():
+        torch.testing.assert_close(resumed["network"][key], value, rtol=0, atol=0)
+    longer = dataclasses.replace(config, epochs=3)
+    with pytest.raises(AbdoSegError, match="run of 2 epochs of 2 iterations; resume it with the same"):
+        fit(train, val, longer, tmp_path / "longer.safetensors", tmp_path / "run", resume=tmp_path / "run" / "checkpoint.pt")
+
+
+def test_training_writes_its_log_and_export_rebuilds_the_bundle_from_the_checkpoint(tiny_dataset, tmp_path):
     train, val = tiny_dataset
     run = tmp_path / "run"
-    first = _train_cli("fit", "--train", str(train), "--validate", str(val), "-o", str(tmp_path / "a.safetensors"),
-                       "--epochs", "1", "--workdir", str(run), *TINY_ARGS)
-    assert first.returncode == 0, first.stderr
-    resumed = _train_cli("fit", "--train", str(train), "--validate", str(val), "-o", str(tmp_path / "b.safetensors"),
-                         "--epochs", "2", "--workdir", str(run), "--resume", str(run / "checkpoint.pt"), *TINY_ARGS)
-    assert resumed.returncode == 0, resumed.stderr
+    trained = _train_cli("fit", "--train", str(train), "--validate", str(val), "-o", str(tmp_path / "b.safetensors"),
+                         "--epochs", "2", "--workdir", str(run), *TINY_ARGS, "--workers", "2")
+    assert trained.returncode == 0, trained.stderr
     rows = list(csv.DictReader(open(run / "log.csv")))
-    assert [row["epoch"] for row in rows] == ["1", "2"]  # epoch 1 from the first run, epoch 2 resumed
+    assert [row["epoch"] for row in rows] == ["1", "2"]
     assert "dice/liver" in rows[0] and "hd95/spleen" in rows[0]
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     exported = _train_cli("export", str(run / "checkpoint.pt"), "-o", str(tmp_path / "c.safetensors"))
@@ -161,6 +188,27 @@ def test_resume_continues_from_the_checkpoint_and_export_rebuilds_the_bundle(tin
     for key, value in best.network.state_dict().items():
         torch.testing.assert_close(rebuilt.network.state_dict()[key], value)
     assert rebuilt.metadata["validation"] == best.metadata["validation"]
+    assert best.metadata["training"]["workers"] == 2
+
+
+def test_an_epochs_batches_depend_on_the_epoch_and_come_from_the_workers_in_turn():
+    """The stream of an epoch is the same each time it is read; another epoch's differs; with two
+    workers, batches 0 and 2 are the first two of worker 0, whose stream is the single-process one."""
+    reference = torch.from_numpy(read_image(SAMPLE_REFERENCE).array.astype(np.uint8))
+    case = PreparedCase("sample", torch.rand(reference.shape), reference, (1, 2, 3, 4), np.eye(4))
+    config = TrainConfig(patch=(24, 24, 24), batch_size=2, iterations_per_epoch=4, seed=5)
+
+    def images(epoch: int, workers: int = 0) -> list[torch.Tensor]:
+        config.workers = workers
+        return [batch[0] for batch in epoch_batches([case], [], config, rank=0, epoch=epoch)]
+
+    first = images(3)
+    assert len(first) == 4 and first[0].shape == (2, 1, 24, 24, 24)
+    assert all(torch.equal(a, b) for a, b in zip(first, images(3)))
+    assert not any(torch.equal(a, b) for a, b in zip(first, images(4)))
+    two_workers = images(3, workers=2)
+    assert torch.equal(two_workers[0], first[0]) and torch.equal(two_workers[2], first[1])
+    assert not torch.equal(two_workers[1], first[1])
 
 
 def test_evaluate_prints_a_per_organ_table(tiny_dataset, tmp_path):

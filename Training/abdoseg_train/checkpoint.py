@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from AbdoSegLib.atomic import atomic_path
@@ -17,7 +16,7 @@ from AbdoSegLib.errors import AbdoSegError
 
 
 def save_checkpoint(path: Path, *, network, optimiser, scheduler, scaler, epoch: int, best: dict, best_state: dict,
-                    config, rng: np.random.Generator, augment_rng: np.random.Generator, log: list[dict]) -> None:
+                    config, log: list[dict]) -> None:
     """Write the state of a run after ``epoch`` (atomically)."""
     state = {
         "epoch": epoch,
@@ -28,8 +27,6 @@ def save_checkpoint(path: Path, *, network, optimiser, scheduler, scaler, epoch:
         "best": best,
         "best_state": best_state,
         "config": {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(config).items()},
-        "rng": rng.bit_generator.state,
-        "augment_rng": augment_rng.bit_generator.state,
         "torch_rng": torch.get_rng_state(),
         "log": log,
     }

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="export the epoch best on validation, or the last one (validated, not selected)")
     fit_parser.add_argument("--seed", type=int, default=defaults.seed)
     fit_parser.add_argument("--device", default=defaults.device)
+    fit_parser.add_argument("--workers", type=int, default=defaults.workers,
+                            help="processes that prepare cases and paint and augment patches while the network trains "
+                                 "(0: the training process; on a GPU, about the number of CPU cores)")
     fit_parser.add_argument("--name", default=defaults.name, help="model name recorded in the bundle")
     fit_parser.add_argument("--cache", type=Path, default=None, help="folder for preprocessed cases")
     fit_parser.add_argument("--workdir", type=Path, default=Path("runs") / "latest", help="checkpoint and logs (log.csv, tensorboard/)")
@@ -113,6 +116,8 @@ def run_fit(args: argparse.Namespace) -> None:
     synthetic = [source for path in args.synthetic for source in discover_anatomy(path)]
     if not train and not synthetic:
         raise AbdoSegError("no training cases were given (--train, or --synthetic anatomy maps).")
+    if args.workers < 0:
+        raise AbdoSegError(f"--workers must be 0 or more, not {args.workers}.")
     for name, value in (("--synthetic-fraction", args.synthetic_fraction), ("--flip-probability", args.flip_probability)):
         if not 0 <= value <= 1:
             raise AbdoSegError(f"{name} must lie between 0 and 1, not {value}.")
@@ -121,6 +126,7 @@ def run_fit(args: argparse.Namespace) -> None:
         epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, learning_rate=args.lr,
         validate_every=args.validate_every, seed=args.seed, device=args.device, name=args.name,
         synthetic_fraction=args.synthetic_fraction, flip_probability=args.flip_probability, keep=args.keep,
+        workers=args.workers,
     )
     best = fit(train, validation, config, args.output, args.workdir, args.cache, args.resume, args.init, synthetic)
     print(json.dumps({"model": str(args.output), "validation": {k: v for k, v in best.items() if k != "per_case"}}, indent=2))

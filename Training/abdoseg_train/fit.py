@@ -10,6 +10,7 @@ import copy
 import datetime
 import json
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,11 +27,11 @@ from AbdoSegLib.vnet import VNet, VNetConfig
 
 from . import distributed
 from .anatomy import AnatomyCase, AnatomySource, load_anatomy
-from .augment import Augmenter
 from .cases import Case
 from .checkpoint import load_checkpoint, save_checkpoint
 from .logs import TrainingLog
-from .losses import class_mask, partial_dice_ce_loss
+from .losses import partial_dice_ce_loss
+from .patches import epoch_batches
 from .prepared import PreparedCase, prepare
 from .validation import ValidationResult, validate
 
@@ -60,6 +61,7 @@ class TrainConfig:
     synthetic_fraction: float = 0.5  # of patches painted from anatomy maps, when there are both kinds
     flip_probability: float = 0.5
     keep: str = "best"  # which network is exported: "best" on validation, or "last" (no selection)
+    workers: int = 0  # processes that prepare cases and paint patches (0: the training process itself)
     seed: int = 0
     device: str = "auto"
     name: str = "abdoseg-vnet"
@@ -98,11 +100,11 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     config.train_cases = [case.name for case in train]
     config.validation_cases = [case.name for case in validation]
     config.synthetic_cases = [source.name for source in synthetic or []]
-    train_data = [prepare(case, config.preprocessing, cache_dir) for case in train]
-    synthetic_data = [load_anatomy(source, config.preprocessing, cache_dir) for source in synthetic or []]
+    train_data = _load_all(prepare, train, config, cache_dir)
+    synthetic_data = _load_all(load_anatomy, synthetic or [], config, cache_dir)
     if not train_data and not synthetic_data:
         raise AbdoSegError("no training cases and no anatomy maps were given.")
-    validation_data = [prepare(case, config.preprocessing, cache_dir) for case in validation] if run.is_main else []
+    validation_data = _load_all(prepare, validation, config, cache_dir) if run.is_main else []
 
     network = VNet(config.network_config)
     if init:
@@ -113,20 +115,17 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     total_steps = config.epochs * config.iterations_per_epoch
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=total_steps, eta_min=config.learning_rate * 0.01)
     scaler = torch.amp.GradScaler("cuda", enabled=run.device.type == "cuda")
-    augment = Augmenter(config.patch, config.seed + 1000 * run.rank, flip_probability=config.flip_probability, spec=config.preprocessing)
-    rng = np.random.default_rng(config.seed + run.rank)
     best: dict = {"mean_dice": None}
     best_state = copy.deepcopy(network.state_dict())
     log = TrainingLog(workdir) if run.is_main else None
     first_epoch = 1
     if resume:
         state = load_checkpoint(resume)
+        _check_same_schedule(resume, state["config"], config)
         network.load_state_dict(state["network"])
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        rng.bit_generator.state = state["rng"]
-        augment.rng.bit_generator.state = state["augment_rng"]
         torch.set_rng_state(state["torch_rng"])
         best, best_state, first_epoch = state["best"], state["best_state"], state["epoch"] + 1
         if log:
@@ -138,11 +137,8 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     bar = tqdm(total=total_steps, initial=(first_epoch - 1) * config.iterations_per_epoch, desc="training", unit="it", disable=not run.is_main)
     for epoch in range(first_epoch, config.epochs + 1):
         losses = []
-        for _ in range(config.iterations_per_epoch):
-            samples = [augment(*draw_case(train_data, synthetic_data, config.synthetic_fraction, rng)) for _ in range(config.batch_size)]
-            images = torch.stack([s[0] for s in samples]).to(run.device)
-            labels = torch.stack([s[1] for s in samples]).to(run.device)
-            mask = class_mask([s[2] for s in samples], run.device)
+        for images, labels, mask in epoch_batches(train_data, synthetic_data, config, run.rank, epoch, pin_memory=run.device.type == "cuda"):
+            images, labels, mask = (tensor.to(run.device, non_blocking=True) for tensor in (images, labels, mask))
             with torch.autocast("cuda", dtype=torch.float16, enabled=run.device.type == "cuda"):
                 logits = model(images)
             loss = partial_dice_ce_loss(logits, labels, mask, config.ce_weight)
@@ -167,8 +163,7 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
                     best_state = copy.deepcopy(network.state_dict())
             log.add(record)
             save_checkpoint(Path(workdir) / CHECKPOINT_FILE, network=network, optimiser=optimiser, scheduler=scheduler,
-                            scaler=scaler, epoch=epoch, best=best, best_state=best_state, config=config, rng=rng,
-                            augment_rng=augment.rng, log=log.rows)
+                            scaler=scaler, epoch=epoch, best=best, best_state=best_state, config=config, log=log.rows)
         run.barrier()
     bar.close()
     if run.is_main:
@@ -183,34 +178,31 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     return best
 
 
+def _load_all(load, items: list, config: TrainConfig, cache_dir: Path | None) -> list:
+    """``load(item, config.preprocessing, cache_dir)`` for each item, in ``config.workers``
+    processes (0: this one)."""
+    if config.workers < 1 or len(items) < 2:
+        return [load(item, config.preprocessing, cache_dir) for item in items]
+    # One thread per process, as in DataLoader workers: a forked child must not enter the OpenMP pool of its parent.
+    with ProcessPoolExecutor(min(config.workers, len(items)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        return list(pool.map(load, items, [config.preprocessing] * len(items), [cache_dir] * len(items)))
+
+
+def _check_same_schedule(path: Path, stored: dict, config: TrainConfig) -> None:
+    """Refuse to resume a run for another length: its learning-rate schedule was laid out for the first."""
+    planned = (stored.get("epochs"), stored.get("iterations_per_epoch"))
+    if planned != (config.epochs, config.iterations_per_epoch):
+        raise AbdoSegError(
+            f"{path} belongs to a run of {planned[0]} epochs of {planned[1]} iterations; resume it with the same "
+            f"--epochs and --iterations-per-epoch, or start a new run from its network with --init."
+        )
+
+
 def _exported(config: TrainConfig, epoch: int, result: ValidationResult, best: dict) -> bool:
     """Whether this epoch's network becomes the one exported (see ``TrainConfig.keep``)."""
     if config.keep == "last":
         return epoch == config.epochs
     return best["mean_dice"] is None or (result.mean_dice is not None and result.mean_dice > best["mean_dice"])
-
-
-def draw_case(real: list[PreparedCase], synthetic: list[AnatomyCase], synthetic_fraction: float,
-          rng: np.random.Generator) -> tuple[PreparedCase | AnatomyCase, int | None]:
-    """One training case and the organ to centre its patch on.
-
-    The pool is synthetic with probability ``synthetic_fraction`` when there are both kinds.
-    The organ is drawn uniformly among those the pool labels, then a case that labels it: an
-    organ labelled in few cases (the spleen in 2 of 16 anatomy maps) is as often in a patch
-    as the liver. None when no case of the pool labels an organ.
-    """
-    pool = synthetic if synthetic and (not real or rng.random() < synthetic_fraction) else real
-    organs = sorted({organ for case in pool for organ in _present(case)})
-    if not organs:
-        return pool[rng.integers(len(pool))], None
-    organ = organs[rng.integers(len(organs))]
-    candidates = [case for case in pool if organ in _present(case)]
-    return candidates[rng.integers(len(candidates))], organ
-
-
-def _present(case: PreparedCase | AnatomyCase) -> frozenset[int]:
-    """The organs a case labels that occur in its label map."""
-    return frozenset(case.labelled) & case.organ_labels
 
 
 def _initial_weights(path: Path, config: TrainConfig) -> tuple[dict, str]:

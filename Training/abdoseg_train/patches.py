@@ -1,0 +1,71 @@
+"""The stream of training batches, painted and augmented in worker processes.
+
+Each epoch of each process reads a fresh stream whose randomness is seeded by (run seed,
+rank, epoch, worker): the batches of an epoch do not depend on what came before it, so a
+resumed run draws exactly the batches that an uninterrupted one would have drawn. With
+``workers`` > 0, batch i of an epoch comes from worker i mod ``workers`` (the DataLoader
+reads its workers in turn), so a run is reproducible for a given number of workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .anatomy import AnatomyCase
+from .augment import Augmenter
+from .draw import draw_case
+from .losses import class_mask
+from .prepared import PreparedCase
+
+if TYPE_CHECKING:
+    from .fit import TrainConfig
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class PatchBatches(IterableDataset):
+    """An endless stream of batches for one epoch of one process.
+
+    Each batch: images (N, 1, X, Y, Z) float32, labels (N, X, Y, Z) int64 and the class mask
+    (N, C) bool of the organs each patch labels (``losses.class_mask``); N = batch size,
+    (X, Y, Z) = the training patch.
+    """
+
+    def __init__(self, real: list[PreparedCase], synthetic: list[AnatomyCase], config: TrainConfig, rank: int, epoch: int):
+        super().__init__()
+        self.real, self.synthetic, self.config = real, synthetic, config
+        self.rank, self.epoch = rank, epoch
+
+    def __iter__(self) -> Iterator[Batch]:
+        worker = get_worker_info()
+        seeds = np.random.SeedSequence([self.config.seed, self.rank, self.epoch, worker.id if worker else 0])
+        draw_seed, augment_seed = seeds.generate_state(2)
+        rng = np.random.default_rng(draw_seed)
+        # MONAI's random state takes a 32-bit seed, and the Augmenter uses seed + 1 as well.
+        augment = Augmenter(self.config.patch, int(augment_seed) % (2**31), flip_probability=self.config.flip_probability,
+                            spec=self.config.preprocessing)
+        while True:
+            samples = [augment(*draw_case(self.real, self.synthetic, self.config.synthetic_fraction, rng))
+                       for _ in range(self.config.batch_size)]
+            yield (torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples]),
+                   class_mask([s[2] for s in samples]))
+
+
+def epoch_batches(real: list[PreparedCase], synthetic: list[AnatomyCase], config: TrainConfig, rank: int, epoch: int,
+                  pin_memory: bool = False) -> Iterator[Batch]:
+    """The ``config.iterations_per_epoch`` batches of ``epoch``, from ``config.workers``
+    processes (0: this one)."""
+    loader = DataLoader(PatchBatches(real, synthetic, config, rank, epoch), batch_size=None, num_workers=config.workers,
+                        pin_memory=pin_memory, prefetch_factor=4 if config.workers else None,
+                        persistent_workers=False)
+    batches = iter(loader)
+    try:
+        for _ in range(config.iterations_per_epoch):
+            yield next(batches)
+    finally:
+        del batches  # stops the workers
