@@ -22,8 +22,9 @@ from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.imageio import read_image
 from AbdoSegLib.labelmaps import parse_mapping
 from AbdoSegLib.organs import NUM_CLASSES
+from AbdoSegLib.predict import PAD_VALUE
 from AbdoSegLib.resources import SAMPLE_CT, SAMPLE_REFERENCE
-from abdoseg_train.augment import Augmenter, flip_left_right, random_crop, swap_labelled
+from abdoseg_train.augment import Augmenter, cut_field_of_view, flip_left_right, random_crop, swap_labelled
 from abdoseg_train.cases import discover_cases
 from abdoseg_train import fit as fit_module
 from abdoseg_train.checkpoint import load_checkpoint, save_checkpoint
@@ -65,6 +66,30 @@ def test_augmenter_output_shapes_and_labels():
         assert image.shape == (1, 32, 32, 32) and labels.shape == (32, 32, 32)
         assert set(labels.unique().tolist()) <= set(range(NUM_CLASSES))
         assert labelled == (1, 2, 3, 4)
+
+
+def test_a_cut_field_of_view_pads_the_image_and_clears_the_labels_beyond_the_scan():
+    """Beyond the scan's end the image is exactly the inference padding and the labels 0; inside
+    both are untouched. Axial cuts keep one run of slices (below, above or both cut); circular
+    cuts keep the same disc in every slice. Each cut removes some voxels and keeps some."""
+    rng = np.random.default_rng(3)
+    image = torch.rand(1, 20, 24, 30) + 0.5
+    labels = torch.randint(1, NUM_CLASSES, (20, 24, 30))
+    kinds = set()
+    for _ in range(60):
+        cut_image, cut_labels = cut_field_of_view(image, labels, rng)
+        outside = cut_image[0] == PAD_VALUE
+        assert 0 < int(outside.sum()) < outside.numel()
+        assert torch.equal(cut_labels == 0, outside)
+        assert torch.equal(cut_image[0][~outside], image[0][~outside]) and torch.equal(cut_labels[~outside], labels[~outside])
+        kept_slices = (~outside).any(dim=(0, 1)).nonzero()[:, 0].tolist()
+        if all(bool(outside[..., z].all()) or not bool(outside[..., z].any()) for z in range(30)):
+            assert kept_slices == list(range(kept_slices[0], kept_slices[-1] + 1))  # one run of slices
+            kinds.add(("below" if kept_slices[0] > 0 else "") + ("above" if kept_slices[-1] < 29 else ""))
+        else:
+            assert all(torch.equal(outside[..., z], outside[..., 0]) for z in range(30))  # the same disc in each slice
+            kinds.add("circle")
+    assert kinds == {"below", "above", "belowabove", "circle"}
 
 
 def test_unlabelled_organs_are_left_out_of_the_loss():

@@ -21,6 +21,7 @@ from .synthetic import synthesise
 LEFT_RIGHT_AXIS = 0
 SYNTHETIC_MAPS = ("structures", "labels", "depth_mm")
 FOREGROUND_FRACTION = 0.67  # of crops centred on an organ voxel
+FIELD_OF_VIEW_PROBABILITY = 0.3  # of a patch in which the scan ends
 
 
 def flip_left_right(image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,6 +41,32 @@ def swap_labelled(labelled: tuple[int, ...]) -> tuple[int, ...]:
     for right, left in LEFT_RIGHT_PAIRS:
         mapping[right], mapping[left] = left, right
     return tuple(sorted(mapping.get(label, label) for label in labelled))
+
+
+def cut_field_of_view(image: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A scan that ends inside the patch: beyond its end the image is PAD_VALUE (the bottom of
+    the HU window, what inference pads a scan with) and the labels are 0.
+
+    image (1, X, Y, Z), labels (X, Y, Z), RAS voxel order. Two times in three the scan range
+    ends at an axial plane below, above or on both sides (a slab); else the patch is cut by a
+    reconstruction circle about the Z axis that keeps 10-90 % of it.
+    """
+    nx, ny, nz = labels.shape
+    if rng.random() < 2 / 3:
+        inside = torch.zeros(nz, dtype=torch.bool)
+        side = rng.integers(3)  # 0: bottom, 1: top, 2: both
+        low = int(rng.integers(1, nz // 2)) if side != 1 else 0
+        high = int(rng.integers(nz // 2, nz)) if side != 0 else nz
+        inside[low:high] = True
+        inside = inside.expand(nx, ny, nz)
+    else:
+        # A centre in or around the patch; the radius keeps 10-90 % of the patch's columns.
+        centre = rng.uniform(-0.5, 1.5, 2) * (nx, ny)
+        x, y = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
+        distance = np.hypot(x - centre[0], y - centre[1])
+        disc = torch.from_numpy(distance <= np.quantile(distance, rng.uniform(0.1, 0.9)))
+        inside = disc[..., None].expand(nx, ny, nz)
+    return image.masked_fill(~inside, PAD_VALUE), labels.masked_fill(~inside, 0)
 
 
 def crop_centre(labels: torch.Tensor, present: list[int], rng: np.random.Generator, foreground_fraction: float) -> np.ndarray:
@@ -78,20 +105,24 @@ def random_crop(case: PreparedCase, size: tuple[int, int, int], rng: np.random.G
 
 
 class Augmenter:
-    """Random crop, flip (with label swap), rotation and scaling, intensity and noise.
+    """Random crop, flip (with label swap), rotation and scaling, intensity and noise, and a scan
+    that ends inside the patch.
 
     patch: output size (X, Y, Z); crops are taken 25 % larger so that rotation and
     scaling do not bring in empty corners. spec: the model's preprocessing, needed for
     anatomy maps (synthetic CT is painted in HU on its grid, then normalised).
     flip_probability: of a left-right mirror (with the kidney labels swapped).
+    field_of_view_probability: of a scan that ends inside the patch (``cut_field_of_view``).
     """
 
     def __init__(self, patch: tuple[int, int, int], seed: int, rotate_deg: float = 15.0, scale: float = 0.15,
-                 flip_probability: float = 0.5, spec: Preprocessing | None = None):
+                 flip_probability: float = 0.5, spec: Preprocessing | None = None,
+                 field_of_view_probability: float = FIELD_OF_VIEW_PROBABILITY):
         self.patch = tuple(patch)
         self.crop = tuple(int(round(n * 1.25)) for n in patch)
         self.rng = np.random.default_rng(seed)
         self.flip_probability = flip_probability
+        self.field_of_view_probability = field_of_view_probability
         self.spec = spec
         radians = np.deg2rad(rotate_deg)
         spatial = dict(prob=0.8, spatial_size=self.patch, rotate_range=(radians,) * 3, scale_range=(scale,) * 3, padding_mode="border")
@@ -105,8 +136,13 @@ class Augmenter:
 
         ``organ``: the organ that organ-centred crops centre on; None: any labelled one.
         """
-        if isinstance(case, AnatomyCase):
-            return self.synthetic(case, organ)
+        image, labels, labelled = self.synthetic(case, organ) if isinstance(case, AnatomyCase) else self.real(case, organ)
+        if self.rng.random() < self.field_of_view_probability:
+            image, labels = cut_field_of_view(image, labels, self.rng)
+        return image, labels, labelled
+
+    def real(self, case: PreparedCase, organ: int | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+        """A patch of a real CT: crop, flip, deform, then contrast, brightness and noise."""
         image, labels = random_crop(case, self.crop, self.rng, organ=organ)
         labelled = case.labelled
         if self.rng.random() < self.flip_probability:
