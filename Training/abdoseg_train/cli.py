@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="share of synthetic patches when there are real cases too")
     fit_parser.add_argument("--flip-probability", type=float, default=defaults.flip_probability,
                             help="of a left-right mirror with kidney labels swapped")
+    fit_parser.add_argument("--field-of-view-probability", type=float, default=defaults.field_of_view_probability,
+                            help="of a patch in which the scan ends (an axial plane or a reconstruction circle)")
     fit_parser.add_argument("--validate", type=Path, nargs="*", default=[], help="held-out case folders")
     fit_parser.add_argument("--map", dest="mapping", default=None,
                             help=f"label ids of the data -> AbdoSeg's: a preset ({', '.join(PRESETS)}) or 'theirs:ours,...'")
@@ -118,7 +120,8 @@ def run_fit(args: argparse.Namespace) -> None:
         raise AbdoSegError("no training cases were given (--train, or --synthetic anatomy maps).")
     if args.workers < 0:
         raise AbdoSegError(f"--workers must be 0 or more, not {args.workers}.")
-    for name, value in (("--synthetic-fraction", args.synthetic_fraction), ("--flip-probability", args.flip_probability)):
+    for name, value in (("--synthetic-fraction", args.synthetic_fraction), ("--flip-probability", args.flip_probability),
+                        ("--field-of-view-probability", args.field_of_view_probability)):
         if not 0 <= value <= 1:
             raise AbdoSegError(f"{name} must lie between 0 and 1, not {value}.")
     config = TrainConfig(
@@ -126,7 +129,7 @@ def run_fit(args: argparse.Namespace) -> None:
         epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, learning_rate=args.lr,
         validate_every=args.validate_every, seed=args.seed, device=args.device, name=args.name,
         synthetic_fraction=args.synthetic_fraction, flip_probability=args.flip_probability, keep=args.keep,
-        workers=args.workers,
+        workers=args.workers, field_of_view_probability=args.field_of_view_probability,
     )
     best = fit(train, validation, config, args.output, args.workdir, args.cache, args.resume, args.init, synthetic)
     print(json.dumps({"model": str(args.output), "validation": {k: v for k, v in best.items() if k != "per_case"}}, indent=2))

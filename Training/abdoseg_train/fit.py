@@ -27,6 +27,7 @@ from AbdoSegLib.vnet import VNet, VNetConfig
 
 from . import distributed
 from .anatomy import AnatomyCase, AnatomySource, load_anatomy
+from .augment import FIELD_OF_VIEW_PROBABILITY
 from .cases import Case
 from .checkpoint import load_checkpoint, save_checkpoint
 from .logs import TrainingLog
@@ -60,6 +61,7 @@ class TrainConfig:
     validate_every: int = 5
     synthetic_fraction: float = 0.5  # of patches painted from anatomy maps, when there are both kinds
     flip_probability: float = 0.5
+    field_of_view_probability: float = FIELD_OF_VIEW_PROBABILITY  # of a patch in which the scan ends
     keep: str = "best"  # which network is exported: "best" on validation, or "last" (no selection)
     workers: int = 0  # processes that prepare cases and paint patches (0: the training process itself)
     seed: int = 0

@@ -48,7 +48,7 @@ class PatchBatches(IterableDataset):
         rng = np.random.default_rng(draw_seed)
         # MONAI's random state takes a 32-bit seed, and the Augmenter uses seed + 1 as well.
         augment = Augmenter(self.config.patch, int(augment_seed) % (2**31), flip_probability=self.config.flip_probability,
-                            spec=self.config.preprocessing)
+                            spec=self.config.preprocessing, field_of_view_probability=self.config.field_of_view_probability)
         while True:
             samples = [augment(*draw_case(self.real, self.synthetic, self.config.synthetic_fraction, rng))
                        for _ in range(self.config.batch_size)]
