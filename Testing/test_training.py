@@ -24,10 +24,11 @@ from AbdoSegLib.labelmaps import parse_mapping
 from AbdoSegLib.organs import NUM_CLASSES
 from AbdoSegLib.predict import PAD_VALUE
 from AbdoSegLib.resources import SAMPLE_CT, SAMPLE_REFERENCE
+from abdoseg_train import fit as fit_module
 from abdoseg_train.augment import Augmenter, cut_field_of_view, flip_left_right, random_crop, swap_labelled
 from abdoseg_train.cases import discover_cases
-from abdoseg_train import fit as fit_module
 from abdoseg_train.checkpoint import load_checkpoint, save_checkpoint
+from abdoseg_train.cli import main as train_main
 from abdoseg_train.draw import draw_case
 from abdoseg_train.fit import TrainConfig, fit
 from abdoseg_train.losses import class_mask, marginal_probabilities, partial_dice_ce_loss
@@ -286,6 +287,17 @@ def test_bad_training_data_is_refused_naming_the_case(tmp_path, problem):
     lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("training")]
     assert len(lines) == 1 and lines[0].startswith("abdoseg-train: error: ")
     assert ("bad_case" in lines[0]) if problem != "empty" else ("no training cases" in lines[0])
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--workers", "-1", "--workers must be 0 or more, not -1."),
+    ("--field-of-view-probability", "2", "--field-of-view-probability must lie between 0 and 1, not 2.0."),
+    ("--flip-probability", "-0.5", "--flip-probability must lie between 0 and 1, not -0.5."),
+])
+def test_bad_training_options_are_refused_in_one_sentence(tiny_dataset, tmp_path, capsys, option, value, message):
+    assert train_main(["fit", "--train", str(tiny_dataset[0]), "-o", str(tmp_path / "m.safetensors"), option, value]) == 1
+    assert capsys.readouterr().err.strip() == f"abdoseg-train: error: {message}"
     assert not (tmp_path / "m.safetensors").exists()
 
 
