@@ -18,16 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from timing import median_time  # noqa: E402
-
-from AbdoSegLib.bundle import load_bundle  # noqa: E402
-from AbdoSegLib.imageio import read_image  # noqa: E402
-from AbdoSegLib.metrics import dice  # noqa: E402
-from AbdoSegLib.organs import ORGANS  # noqa: E402
-from AbdoSegLib.predict import segment  # noqa: E402
-from AbdoSegLib.resources import DEFAULT_BUNDLE, SAMPLE_CT  # noqa: E402
+from AbdoSegLib.bundle import load_bundle
+from AbdoSegLib.imageio import read_image
+from AbdoSegLib.metrics import dice
+from AbdoSegLib.organs import ORGANS
+from AbdoSegLib.predict import segment
+from AbdoSegLib.resources import DEFAULT_BUNDLE, SAMPLE_CT
+from timing import median_time
 
 DEVICES = ("cpu", "cuda")
 

@@ -26,14 +26,14 @@ from AbdoSegLib.preprocessing import Preprocessing
 from AbdoSegLib.vnet import VNet, VNetConfig
 
 from . import distributed
-from .anatomy import AnatomyCase, AnatomySource, load_anatomy
+from .anatomy import AnatomySource, load_anatomy
 from .augment import FIELD_OF_VIEW_PROBABILITY
 from .cases import Case
 from .checkpoint import load_checkpoint, save_checkpoint
 from .logs import TrainingLog
 from .losses import partial_dice_ce_loss
 from .patches import epoch_batches
-from .prepared import PreparedCase, prepare
+from .prepared import prepare
 from .validation import ValidationResult, validate
 
 CHECKPOINT_FILE = "checkpoint.pt"
