@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .bundle import ModelBundle
@@ -85,6 +86,12 @@ def infer_probabilities(
         return torch.softmax(logits, dim=0)
 
 
+def cleaned_labels(probabilities: torch.Tensor, volume: torch.Tensor, hu_window: tuple[float, float]) -> np.ndarray:
+    """(X, Y, Z) uint8 organ ids on the model grid: the argmax of (C, X, Y, Z) CPU probabilities,
+    cleaned up (``cleanup.clean_labels``) with the HU of ``volume``, the network's normalised input."""
+    return clean_labels(probabilities.argmax(dim=0).to(torch.uint8).numpy(), hounsfield(volume, hu_window))
+
+
 def segment(image: Image, bundle: ModelBundle, device: str = "auto", progress: Progress = NoProgress()) -> Prediction:
     """Segment the organs of a CT Image with a bundle; labels land on the input's grid."""
     timings: dict[str, float] = {}
@@ -103,8 +110,7 @@ def segment(image: Image, bundle: ModelBundle, device: str = "auto", progress: P
 
     start = time.perf_counter()
     progress("postprocess", 0.0, "cleaning up and returning to the input grid")
-    hu = hounsfield(volume, bundle.preprocessing.hu_window)
-    cleaned = clean_labels(probabilities.argmax(dim=0).to(torch.uint8).numpy(), hu)
+    cleaned = cleaned_labels(probabilities, volume, bundle.preprocessing.hu_window)
     labels = labels_on_input_grid(probabilities, cleaned, grid)
     timings["postprocess"] = time.perf_counter() - start
     return Prediction(image.with_array(labels), str(torch_device), timings)

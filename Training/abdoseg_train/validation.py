@@ -12,12 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from AbdoSegLib.cleanup import clean_labels
 from AbdoSegLib.image import Image
 from AbdoSegLib.metrics import compare_labelmaps
 from AbdoSegLib.organs import ORGANS
-from AbdoSegLib.predict import infer_probabilities, window_size
-from AbdoSegLib.preprocessing import hounsfield
+from AbdoSegLib.predict import cleaned_labels, infer_probabilities, window_size
 from AbdoSegLib.vnet import VNet
 
 from .prepared import PreparedCase
@@ -71,7 +69,7 @@ def validate(network: VNet, cases: list[PreparedCase], inference_patch: tuple[in
     for case in cases:
         roi = window_size(tuple(case.image.shape), inference_patch, network.config.divisor)
         probabilities = infer_probabilities(network, case.image, roi, 0.25, device)
-        predicted = clean_labels(probabilities.argmax(0).to(torch.uint8).numpy(), hounsfield(case.image, hu_window))
+        predicted = cleaned_labels(probabilities, case.image, hu_window)
         metrics = compare_labelmaps(Image(predicted, case.affine), Image(case.labels.numpy(), case.affine))
         per_case[case.name] = {
             organ.name: {metric: _plain(metrics[organ.name][metric]) for metric in REPORTED}
