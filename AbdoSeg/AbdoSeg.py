@@ -734,7 +734,7 @@ class AbdoSegLogic(ScriptedLoadableModuleLogic):
 
     def _finishSegmentation(self, process, inputVolume, outputSegmentation, outputDir, smoothingFactor, startTime) -> SegmentationResult:
         from AbdoSegLib import scene
-        from AbdoSegLib.imageio import read_image
+        from AbdoSegLib.io.image_files import read_image
 
         if process.cancelled:
             return SegmentationResult("cancelled", _("Cancelled."), log=process.logLines)
@@ -757,11 +757,11 @@ class AbdoSegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def qualityWarnings(summary: dict, labels, inputVolume) -> list[str]:
-        """QA warnings: from summary.json when the command wrote them, else from AbdoSegLib.qa."""
+        """QA warnings: from summary.json when the command wrote them, else from AbdoSegLib.analysis.qa."""
         if isinstance(summary.get("qa"), dict) and "warnings" in summary["qa"]:
             return list(summary["qa"]["warnings"])
         from AbdoSegLib import scene
-        from AbdoSegLib.qa import qa_report
+        from AbdoSegLib.analysis.qa import qa_report
 
         return list(qa_report(labels, scene.image_from_volume(inputVolume))["warnings"])
 

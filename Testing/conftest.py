@@ -19,11 +19,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from AbdoSegLib.bundle import ModelBundle, load_bundle, save_bundle  # noqa: E402
+from AbdoSegLib.model.bundle import ModelBundle, load_bundle, save_bundle  # noqa: E402
 from AbdoSegLib.image import Image  # noqa: E402
-from AbdoSegLib.imageio import read_image  # noqa: E402
-from AbdoSegLib.preprocessing import Preprocessing  # noqa: E402
-from AbdoSegLib.vnet import VNet, VNetConfig  # noqa: E402
+from AbdoSegLib.io.image_files import read_image  # noqa: E402
+from AbdoSegLib.model.preprocessing import Preprocessing  # noqa: E402
+from AbdoSegLib.model.vnet import VNet, VNetConfig  # noqa: E402
 
 # Small and predictable on a 2-core CI machine.
 torch.set_num_threads(2)

@@ -17,7 +17,7 @@ import torch
 
 from AbdoSegLib.cli import main
 from AbdoSegLib.commands.segment import LABELS_FILE, SEGMENTATION_FILE, SUMMARY_FILE
-from AbdoSegLib.imageio import read_image
+from AbdoSegLib.io.image_files import read_image
 from AbdoSegLib.organs import ORGANS
 from AbdoSegLib.resources import SAMPLE_CT
 

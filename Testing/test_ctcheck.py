@@ -7,10 +7,10 @@ import re
 import numpy as np
 import pytest
 
-from AbdoSegLib.ctcheck import check_ct
+from AbdoSegLib.analysis.ctcheck import check_ct
 from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.image import Image
-from AbdoSegLib.imageio import read_image
+from AbdoSegLib.io.image_files import read_image
 
 SOURCE = "/data/patients/case 7/ct.nii.gz"
 

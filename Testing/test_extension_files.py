@@ -198,7 +198,7 @@ def test_slicer_gets_every_package_the_engine_imports():
     provided = {"vtk", "vtkmodules", "SimpleITK", "torch", "slicer", "AbdoSegLib"}  # Slicer itself, the PyTorch extension, ourselves
     required = {re.split(r"[<>=!~ ;\[]", text)[0].lower() for text in constant("PYTHON_REQUIREMENTS")}
     lib = MODULE_DIR / "AbdoSegLib"
-    seen, todo, imported = set(), [lib / "cli.py", lib / "scene.py", lib / "qa.py"], set()
+    seen, todo, imported = set(), [lib / "cli.py", lib / "scene" / "__init__.py", lib / "analysis" / "qa.py"], set()
     while todo:
         path = todo.pop()
         if path in seen:

@@ -12,8 +12,8 @@ from scipy.spatial.transform import Rotation
 
 from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.image import Image
-from AbdoSegLib.imageio import read_image, write_image
-from AbdoSegLib.preprocessing import canonical
+from AbdoSegLib.io.image_files import read_image, write_image
+from AbdoSegLib.model.preprocessing import canonical
 from conftest import box_corners
 
 

@@ -12,7 +12,7 @@ import surface_distance
 from scipy import ndimage
 
 from AbdoSegLib.image import Image
-from AbdoSegLib.metrics import (
+from AbdoSegLib.analysis.metrics import (
     BOTH_EMPTY,
     COMPARED,
     METRICS,

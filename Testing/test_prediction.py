@@ -10,14 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from AbdoSegLib import predict
-from AbdoSegLib.cleanup import FAT_MAX_HU, clean_labels
+from AbdoSegLib.inference import predict
+from AbdoSegLib.inference.cleanup import FAT_MAX_HU, clean_labels
 from AbdoSegLib.image import Image
 from AbdoSegLib.organs import NUM_CLASSES
-from AbdoSegLib.predict import PAD_VALUE, count_windows, infer_probabilities, segment
-from AbdoSegLib.preprocessing import canonical, model_grid
-from AbdoSegLib.sliding_window import MIN_WEIGHT, gaussian_weights, window_starts
-from AbdoSegLib.upsampling import labels_on_input_grid
+from AbdoSegLib.model.preprocessing import PAD_VALUE
+from AbdoSegLib.inference.predict import count_windows, infer_probabilities, segment
+from AbdoSegLib.model.preprocessing import canonical, model_grid
+from AbdoSegLib.inference.sliding_window import MIN_WEIGHT, gaussian_weights, window_starts
+from AbdoSegLib.inference.upsampling import labels_on_input_grid
 from conftest import voxel_world
 
 CPU = torch.device("cpu")

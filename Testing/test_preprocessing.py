@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from AbdoSegLib import preprocessing
+from AbdoSegLib.model import preprocessing
 from AbdoSegLib.image import Image
-from AbdoSegLib.preprocessing import (
+from AbdoSegLib.model.preprocessing import (
     Preprocessing,
     canonical,
     hounsfield,

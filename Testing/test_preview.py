@@ -11,9 +11,9 @@ import pytest
 from PIL import Image as PILImage
 
 from AbdoSegLib.image import Image
-from AbdoSegLib.imageio import read_image
+from AbdoSegLib.io.image_files import read_image
 from AbdoSegLib.organs import organ_by_name
-from AbdoSegLib.preview import ALPHA, HU_WINDOW, PANEL, SIZE, render_preview
+from AbdoSegLib.surfaces.preview import ALPHA, HU_WINDOW, PANEL, SIZE, render_preview
 from AbdoSegLib.resources import SAMPLE_CT, SAMPLE_REFERENCE
 
 LIVER, SPLEEN = organ_by_name("liver"), organ_by_name("spleen")
@@ -143,8 +143,8 @@ def test_without_an_opengl_driver_the_preview_fails_in_one_sentence_not_a_crash(
     script = (
         "import sys\n"
         "from AbdoSegLib.errors import AbdoSegError\n"
-        "from AbdoSegLib.imageio import read_image\n"
-        "from AbdoSegLib.preview import render_preview\n"
+        "from AbdoSegLib.io.image_files import read_image\n"
+        "from AbdoSegLib.surfaces.preview import render_preview\n"
         "from AbdoSegLib.resources import SAMPLE_CT, SAMPLE_REFERENCE\n"
         "try:\n"
         "    render_preview(read_image(SAMPLE_CT), read_image(SAMPLE_REFERENCE), sys.argv[1])\n"

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from AbdoSegLib.image import Image
-from AbdoSegLib.imageio import read_image
+from AbdoSegLib.io.image_files import read_image
 from AbdoSegLib.organs import ORGAN_NAMES, organ_by_name
-from AbdoSegLib.qa import TYPICAL_VOLUME_ML, qa_report
+from AbdoSegLib.analysis.qa import TYPICAL_VOLUME_ML, qa_report
 
 LIVER, RIGHT_KIDNEY, LEFT_KIDNEY, SPLEEN = (organ_by_name(n).label for n in ("liver", "right_kidney", "left_kidney", "spleen"))
 

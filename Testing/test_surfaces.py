@@ -17,12 +17,12 @@ from vtkmodules.vtkIOXML import vtkXMLPolyDataReader
 from AbdoSegLib.cli import main
 from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.image import Image
-from AbdoSegLib.imageio import read_image, write_image
-from AbdoSegLib.meshfiles import FORMATS
+from AbdoSegLib.io.image_files import read_image, write_image
+from AbdoSegLib.surfaces.mesh_files import FORMATS
 from AbdoSegLib.organs import ORGANS, organ_by_name
 from AbdoSegLib.resources import SAMPLE_CT, SAMPLE_REFERENCE
-from AbdoSegLib.segfile import write_segmentation
-from AbdoSegLib.surfaces import export_surfaces, organ_surfaces
+from AbdoSegLib.io.seg_nrrd import write_segmentation
+from AbdoSegLib.surfaces.meshes import export_surfaces, organ_surfaces
 
 READERS = {"stl": vtkSTLReader, "obj": vtkOBJReader, "ply": vtkPLYReader, "vtp": vtkXMLPolyDataReader}
 LIVER, SPLEEN = organ_by_name("liver"), organ_by_name("spleen")

@@ -11,10 +11,10 @@ import pytest
 import torch
 from scipy import ndimage
 
-from AbdoSegLib.bundle import load_bundle
+from AbdoSegLib.model.bundle import load_bundle
 from AbdoSegLib.errors import AbdoSegError
-from AbdoSegLib.imageio import read_image
-from AbdoSegLib.preprocessing import Preprocessing, labels_to_model_grid, model_grid
+from AbdoSegLib.io.image_files import read_image
+from AbdoSegLib.model.preprocessing import Preprocessing, labels_to_model_grid, model_grid
 from abdoseg_train.anatomy import AnatomyCase, discover_anatomy, load_anatomy
 from abdoseg_train.structures import STRUCTURE_IDS
 from abdoseg_train.augment import Augmenter

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from AbdoSegLib.imageio import read_image
-from AbdoSegLib.preprocessing import Preprocessing, labels_to_model_grid, model_grid
+from AbdoSegLib.io.image_files import read_image
+from AbdoSegLib.model.preprocessing import Preprocessing, labels_to_model_grid, model_grid
 from abdoseg_train.anatomy import discover_anatomy, load_anatomy
 from abdoseg_train.structures import STRUCTURE_IDS
 from abdoseg_train.synthetic import PHASES, TISSUES, paint

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from AbdoSegLib.bundle import load_bundle
+from AbdoSegLib.model.bundle import load_bundle
 from AbdoSegLib.cli import main as abdoseg
 from AbdoSegLib.commands.segment import LABELS_FILE
 from AbdoSegLib.errors import AbdoSegError
-from AbdoSegLib.imageio import read_image
-from AbdoSegLib.labelmaps import parse_mapping
+from AbdoSegLib.io.image_files import read_image
+from AbdoSegLib.io.labelmaps import parse_mapping
 from AbdoSegLib.organs import NUM_CLASSES
-from AbdoSegLib.predict import PAD_VALUE
+from AbdoSegLib.model.preprocessing import PAD_VALUE
 from AbdoSegLib.resources import SAMPLE_CT, SAMPLE_REFERENCE
 from abdoseg_train import fit as fit_module
 from abdoseg_train.augment import Augmenter, cut_field_of_view, flip_left_right, random_crop, swap_labelled

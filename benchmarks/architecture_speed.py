@@ -24,8 +24,8 @@ import platform
 
 import torch
 
-from AbdoSegLib.predict import infer_probabilities, window_size
-from AbdoSegLib.vnet import VNet, VNetConfig
+from AbdoSegLib.inference.predict import infer_probabilities, window_size
+from AbdoSegLib.model.vnet import VNet, VNetConfig
 from pipeline_speed import GRID, SPACING_MM
 from timing import median_time
 

@@ -36,10 +36,10 @@ import numpy as np
 from scipy import ndimage
 
 from AbdoSegLib.image import Image
-from AbdoSegLib.imageio import read_image
-from AbdoSegLib.metrics import compare_labelmaps
+from AbdoSegLib.io.image_files import read_image
+from AbdoSegLib.analysis.metrics import compare_labelmaps
 from AbdoSegLib.organs import ORGANS
-from AbdoSegLib.regrid import labels_onto_grid
+from AbdoSegLib.io.regrid import labels_onto_grid
 from AbdoSegLib.resources import SAMPLE_REFERENCE
 
 GRID = (512, 512, 200)

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from AbdoSegLib.bundle import load_bundle
-from AbdoSegLib.imageio import read_image
-from AbdoSegLib.metrics import dice
+from AbdoSegLib.model.bundle import load_bundle
+from AbdoSegLib.io.image_files import read_image
+from AbdoSegLib.analysis.metrics import dice
 from AbdoSegLib.organs import ORGANS
-from AbdoSegLib.predict import segment
+from AbdoSegLib.inference.predict import segment
 from AbdoSegLib.resources import DEFAULT_BUNDLE, SAMPLE_CT
 from timing import median_time
 

@@ -293,11 +293,11 @@ def benchmark(args: argparse.Namespace, sample: Path) -> int:
 
     import monai
     import torch
-    from AbdoSegLib.bundle import load_bundle
+    from AbdoSegLib.model.bundle import load_bundle
     from AbdoSegLib.errors import AbdoSegError
-    from AbdoSegLib.imageio import read_image
-    from AbdoSegLib.predict import count_windows, window_size
-    from AbdoSegLib.preprocessing import model_grid
+    from AbdoSegLib.io.image_files import read_image
+    from AbdoSegLib.inference.predict import count_windows, window_size
+    from AbdoSegLib.model.preprocessing import model_grid
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda was asked for, but PyTorch finds no CUDA GPU here.")

@@ -30,7 +30,7 @@ from abdoseg_train.augment import Augmenter
 from abdoseg_train.fit import TrainConfig
 from abdoseg_train.losses import class_mask, partial_dice_ce_loss
 from abdoseg_train.synthetic import corrupt, paint
-from AbdoSegLib.vnet import VNet
+from AbdoSegLib.model.vnet import VNet
 from timing import median_time
 
 DEFAULT_ANATOMY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "anatomy" / "ircad_05_anatomy.nii.gz"

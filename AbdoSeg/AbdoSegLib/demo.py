@@ -8,11 +8,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .bundle import read_metadata
+from .model.bundle import read_metadata
 from .cli import main as abdoseg
 from .commands.segment import LABELS_FILE
-from .imageio import read_image
-from .metrics import dice_per_organ
+from .io.image_files import read_image
+from .analysis.metrics import dice_per_organ
 from .resources import DEFAULT_BUNDLE, SAMPLE_CASE_ID, SAMPLE_CT, SAMPLE_REFERENCE
 
 

@@ -24,9 +24,9 @@ import numpy as np
 from scipy import ndimage
 
 from AbdoSegLib.errors import AbdoSegError
-from AbdoSegLib.imageio import read_image
+from AbdoSegLib.io.image_files import read_image
 from AbdoSegLib.organs import NUM_CLASSES, organ_by_name
-from AbdoSegLib.preprocessing import Preprocessing, labels_to_model_grid, model_grid, same_physical_grid
+from AbdoSegLib.model.preprocessing import Preprocessing, labels_to_model_grid, model_grid, same_physical_grid
 
 from .prepared import organs_present
 from .structures import MAP_STRUCTURES, STRUCTURE_IDS

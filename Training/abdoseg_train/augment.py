@@ -11,8 +11,8 @@ import torch
 from monai.transforms import RandAffined
 
 from AbdoSegLib.organs import LEFT_RIGHT_PAIRS
-from AbdoSegLib.predict import PAD_VALUE
-from AbdoSegLib.preprocessing import Preprocessing, normalise
+from AbdoSegLib.model.preprocessing import PAD_VALUE
+from AbdoSegLib.model.preprocessing import Preprocessing, normalise
 
 from .anatomy import AnatomyCase
 from .prepared import PreparedCase

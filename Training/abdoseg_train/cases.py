@@ -26,8 +26,8 @@ import numpy as np
 
 from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.image import Image
-from AbdoSegLib.imageio import read_image
-from AbdoSegLib.labelmaps import organ_from_name, read_labels
+from AbdoSegLib.io.image_files import read_image
+from AbdoSegLib.io.labelmaps import organ_from_name, read_labels
 from AbdoSegLib.organs import ORGAN_NAMES, ORGANS, organ_by_name
 
 CT_NAMES = ("ct.nii.gz", "ct.nii", "ct.nrrd", "dicom")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from AbdoSegLib.atomic import atomic_path
+from AbdoSegLib.io.atomic import atomic_path
 from AbdoSegLib.errors import AbdoSegError
 
 

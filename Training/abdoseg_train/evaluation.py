@@ -10,13 +10,13 @@ import math
 
 import numpy as np
 
-from AbdoSegLib.bundle import ModelBundle
-from AbdoSegLib.ctcheck import check_ct
-from AbdoSegLib.imageio import read_image
-from AbdoSegLib.metrics import compare_labelmaps
+from AbdoSegLib.model.bundle import ModelBundle
+from AbdoSegLib.analysis.ctcheck import check_ct
+from AbdoSegLib.io.image_files import read_image
+from AbdoSegLib.analysis.metrics import compare_labelmaps
 from AbdoSegLib.organs import ORGANS
-from AbdoSegLib.predict import segment
-from AbdoSegLib.regrid import labels_onto_grid
+from AbdoSegLib.inference.predict import segment
+from AbdoSegLib.io.regrid import labels_onto_grid
 
 from .cases import Case
 

@@ -10,7 +10,6 @@ reads its workers in turn), so a run is reproducible for a given number of worke
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,12 +17,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .anatomy import AnatomyCase
 from .augment import Augmenter
+from .config import TrainConfig
 from .draw import draw_case
 from .losses import class_mask
 from .prepared import PreparedCase
-
-if TYPE_CHECKING:
-    from .fit import TrainConfig
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from AbdoSegLib.ctcheck import check_ct
+from AbdoSegLib.analysis.ctcheck import check_ct
 from AbdoSegLib.errors import AbdoSegError
-from AbdoSegLib.imageio import read_image
-from AbdoSegLib.preprocessing import Preprocessing, labels_to_model_grid, preprocess, same_physical_grid
-from AbdoSegLib.regrid import labels_onto_grid
+from AbdoSegLib.io.image_files import read_image
+from AbdoSegLib.model.preprocessing import Preprocessing, labels_to_model_grid, preprocess, same_physical_grid
+from AbdoSegLib.io.regrid import labels_onto_grid
 
 from .cases import Case
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from AbdoSegLib.atomic import atomic_directory
+from AbdoSegLib.io.atomic import atomic_directory
 from AbdoSegLib.image import Image
-from AbdoSegLib.imageio import write_image
+from AbdoSegLib.io.image_files import write_image
 from AbdoSegLib.organs import ORGANS
 
 from .anatomy import AnatomyCase

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from AbdoSegLib.image import Image
-from AbdoSegLib.metrics import compare_labelmaps
+from AbdoSegLib.analysis.metrics import compare_labelmaps
 from AbdoSegLib.organs import ORGANS
-from AbdoSegLib.predict import cleaned_labels, infer_probabilities, window_size
-from AbdoSegLib.vnet import VNet
+from AbdoSegLib.inference.predict import cleaned_labels, infer_probabilities, window_size
+from AbdoSegLib.model.vnet import VNet
 
 from .prepared import PreparedCase
 

@@ -22,11 +22,11 @@ import csv
 import json
 from pathlib import Path
 
-from ..atomic import atomic_path
+from ..io.atomic import atomic_path
 from ..errors import AbdoSegError
-from ..imageio import read_image
-from ..labelmaps import PRESETS, parse_mapping, read_labels
-from ..regrid import labels_onto_grid
+from ..io.image_files import read_image
+from ..io.labelmaps import PRESETS, parse_mapping, read_labels
+from ..io.regrid import labels_onto_grid
 
 COLUMNS = ("status", "dice", "nsd", "nsd_tolerance_mm", "hd", "hd95", "assd", "volume_pred_ml", "volume_ref_ml", "volume_diff_ml")
 """The CSV columns after ``organ``."""
@@ -49,7 +49,7 @@ def run_compare(args: argparse.Namespace) -> None:
     outputs = [path for path in (args.json, args.csv, args.png) if path is not None]
     for path in outputs:
         _check_writable(path, args.force)
-    from ..metrics import (  # loads MONAI's surfel table: only for compare
+    from ..analysis.metrics import (  # loads MONAI's surfel table: only for compare
         compare_labelmaps,
         jsonable,
     )
@@ -74,7 +74,7 @@ def run_compare(args: argparse.Namespace) -> None:
             for organ, metrics in results.items():
                 writer.writerow([organ] + ["" if metrics[key] is None else metrics[key] for key in COLUMNS])
     if args.png is not None:
-        from ..preview import (
+        from ..surfaces.preview import (
             render_preview,  # only when asked: it loads VTK rendering (EGL)
         )
 

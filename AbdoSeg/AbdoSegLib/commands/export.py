@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..atomic import atomic_directory
-from ..labelmaps import read_labels
-from ..surface_options import DECIMATION_FACTOR, FORMATS, SMOOTHING_FACTOR
+from ..io.atomic import atomic_directory
+from ..io.labelmaps import read_labels
+from ..surfaces.options import DECIMATION_FACTOR, FORMATS, SMOOTHING_FACTOR
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -34,7 +34,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    from ..surfaces import (
+    from ..surfaces.meshes import (
         export_surfaces,  # VTK loads only for the commands that build surfaces
     )
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..bundle import read_metadata
+from ..model.bundle import read_metadata
 from ..resources import DEFAULT_BUNDLE
 
 

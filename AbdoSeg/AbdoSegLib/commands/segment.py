@@ -11,17 +11,17 @@ import time
 from pathlib import Path
 
 from .. import __version__
-from ..atomic import atomic_directory, atomic_path
-from ..bundle import load_bundle
-from ..ctcheck import check_ct
-from ..imageio import read_image, write_image
-from ..predict import segment
+from ..io.atomic import atomic_directory, atomic_path
+from ..model.bundle import load_bundle
+from ..analysis.ctcheck import check_ct
+from ..io.image_files import read_image, write_image
+from ..inference.predict import segment
 from ..progress import make_progress
-from ..qa import qa_report
+from ..analysis.qa import qa_report
 from ..resources import DEFAULT_BUNDLE
-from ..segfile import write_segmentation
-from ..summary import organ_measurements
-from ..surface_options import FORMATS
+from ..io.seg_nrrd import write_segmentation
+from ..analysis.summary import organ_measurements
+from ..surfaces.options import FORMATS
 
 LABELS_FILE = "labels.nii.gz"
 SEGMENTATION_FILE = "segmentation.seg.nrrd"
@@ -73,7 +73,7 @@ def run_segment(args: argparse.Namespace) -> None:
         qa = qa_report(prediction.labels, ct)
         timings["write"] = time.perf_counter() - start
         if args.surfaces:
-            from ..surfaces import (
+            from ..surfaces.meshes import (
                 export_surfaces,  # VTK loads only when surfaces are asked for
             )
 
@@ -83,7 +83,7 @@ def run_segment(args: argparse.Namespace) -> None:
             timings["surfaces"] = time.perf_counter() - start
         if args.png:
             # Imported only when asked: it loads VTK rendering (EGL), which the Slicer module's process need not.
-            from ..preview import render_preview
+            from ..surfaces.preview import render_preview
 
             start = time.perf_counter()
             progress("picture", 0.0, "drawing the picture")

@@ -24,10 +24,10 @@ from vtkmodules.vtkIOGeometry import vtkSTLWriter
 from vtkmodules.vtkIOPLY import vtkPLYWriter
 from vtkmodules.vtkIOXML import vtkXMLPolyDataWriter
 
-from .atomic import atomic_path
-from .errors import AbdoSegError
-from .organs import Organ
-from .surface_options import FORMATS
+from ..io.atomic import atomic_path
+from ..errors import AbdoSegError
+from ..organs import Organ
+from .options import FORMATS
 
 _COLOURS = "RGB"  # name of the per-point colour array given to the PLY writer
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .organs import BACKGROUND, ORGANS
+from ..organs import BACKGROUND, ORGANS
 
 # Upper bound of adipose tissue in CT (body-composition work segments fat as -190...-30 HU).
 # Liver, kidney and spleen parenchyma lie above it in every phase, so an organ voxel below it

@@ -8,9 +8,9 @@ import numpy as np
 import slicerio
 
 from .atomic import atomic_path
-from .image import Image
-from .imageio import LPS_TO_RAS
-from .organs import ORGANS
+from ..image import Image
+from .image_files import LPS_TO_RAS
+from ..organs import ORGANS
 
 
 def write_segmentation(labels: Image, path: str | Path) -> None:

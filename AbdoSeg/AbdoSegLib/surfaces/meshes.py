@@ -34,12 +34,12 @@ from vtkmodules.vtkFiltersCore import (
 )
 from vtkmodules.vtkFiltersGeneral import vtkDiscreteFlyingEdges3D
 
-from .errors import AbdoSegError
-from .image import Image, bounding_boxes
-from .imageio import LPS_TO_RAS
-from .meshfiles import write_meshes
-from .organs import ORGANS, Organ
-from .surface_options import DECIMATION_FACTOR, FORMATS, SMOOTHING_FACTOR
+from ..errors import AbdoSegError
+from ..image import Image, bounding_boxes
+from ..io.image_files import LPS_TO_RAS
+from .mesh_files import write_meshes
+from ..organs import ORGANS, Organ
+from .options import DECIMATION_FACTOR, FORMATS, SMOOTHING_FACTOR
 
 COORDINATES = ("lps", "ras")
 
@@ -102,7 +102,7 @@ def export_surfaces(
 ) -> list[Path]:
     """Build the organ surfaces and write them to ``folder`` (created if missing), each file atomically.
 
-    fmt: "stl", "obj" (+ .mtl), "ply" or "vtp" (see meshfiles.py); coordinates: "lps" (Slicer's
+    fmt: "stl", "obj" (+ .mtl), "ply" or "vtp" (see mesh_files.py); coordinates: "lps" (Slicer's
     export default) or "ras", written in each file and in its name, e.g. ``liver_LPS.stl``.
     merge: one file ``organs_LPS.<fmt>`` holding every organ, instead of one file per organ.
     Returns the paths written. Raises AbdoSegError when the labelmap holds no organ.

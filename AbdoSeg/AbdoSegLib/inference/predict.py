@@ -10,16 +10,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .bundle import ModelBundle
+from ..model.bundle import ModelBundle
 from .cleanup import clean_labels
-from .errors import AbdoSegError
-from .image import Image
-from .preprocessing import hounsfield, preprocess
-from .progress import NoProgress
+from ..errors import AbdoSegError
+from ..image import Image
+from ..model.preprocessing import PAD_VALUE, hounsfield, preprocess
+from ..progress import NoProgress
 from .sliding_window import sliding_window, window_starts
 from .upsampling import labels_on_input_grid
 
-PAD_VALUE = -1.0  # a volume smaller than the window is padded with the bottom of the HU window, as in training
 
 Progress = Callable[[str, float, str], None]
 """progress(stage, fraction 0..1, message)"""

@@ -16,10 +16,10 @@ import numpy as np
 import slicerio
 from slicerio.segmentation import segments_from_terminology
 
-from .errors import AbdoSegError
-from .image import Image
-from .imageio import LPS_TO_RAS, first_line, read_image
-from .organs import BACKGROUND, NUM_CLASSES, ORGANS, Organ, organ_by_name
+from ..errors import AbdoSegError
+from ..image import Image
+from .image_files import LPS_TO_RAS, first_line, read_image
+from ..organs import BACKGROUND, NUM_CLASSES, ORGANS, Organ, organ_by_name
 
 SEGMENTATION_SUFFIX = ".seg.nrrd"
 

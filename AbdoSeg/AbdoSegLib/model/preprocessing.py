@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from nibabel import orientations
 
-from .image import Image
+from ..image import Image
 
 SLAB_SLICES = 32  # slices resampled at a time: bounds the float copy of a large scan
+PAD_VALUE = -1.0  # beyond the scan: the bottom of the scaled HU window (sliding-window padding, training crops)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .image import Image
-from .organs import NUM_CLASSES, ORGANS
+from ..image import Image
+from ..organs import NUM_CLASSES, ORGANS
 
 
 def organ_measurements(labels: Image, ct: Image) -> dict[str, dict]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import AbdoSegError
-from .image import Image
+from ..errors import AbdoSegError
+from ..image import Image
 
 AIR_HU = -300.0  # a CT of the abdomen always holds air (outside the body, lungs, bowel gas) below this
 MAX_HU = 40000.0  # beyond metal; larger values are not Hounsfield units

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import AbdoSegError
+from ..errors import AbdoSegError
 
 
 def _umask() -> int:

@@ -15,8 +15,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_path
-from .errors import AbdoSegError
-from .image import Image
+from ..errors import AbdoSegError
+from ..image import Image
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

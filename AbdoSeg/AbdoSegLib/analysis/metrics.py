@@ -33,9 +33,9 @@ import math
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .image import Image, bounding_boxes
-from .organs import ORGANS
-from .regrid import labels_onto_grid
+from ..image import Image, bounding_boxes
+from ..organs import ORGANS
+from ..io.regrid import labels_onto_grid
 
 # FLARE22's NSD tolerances (mm), from the challenge's evaluation script
 # (github.com/JunMa11/FLARE, FLARE22/Evaluation/FLARE22_DSC_NSD_Eval.py): Liver 5, RK 3, LK 3, Spleen 3.

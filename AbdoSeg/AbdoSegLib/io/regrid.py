@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .image import Image
-from .imageio import to_itk
+from ..image import Image
+from .image_files import to_itk
 
 
 def labels_onto_grid(labels: Image, reference: Image) -> Image:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .image import Image, bounding_boxes
-from .organs import ORGANS, organ_by_name
+from ..image import Image, bounding_boxes
+from ..organs import ORGANS, organ_by_name
 
 # Typical adult organ volumes (mL), wide on purpose: the check is for gross errors (a missed
 # lobe, a merged neighbour, a cut-off field of view), not for diagnosis.

@@ -1,0 +1,1 @@
+"""File formats: image files, labelmaps, Slicer .seg.nrrd, regridding, atomic writes (layer 0)."""

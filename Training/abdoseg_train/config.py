@@ -1,0 +1,52 @@
+"""The settings of a training run (``TrainConfig``), stored in the bundle's training metadata."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from AbdoSegLib.model.preprocessing import Preprocessing
+from AbdoSegLib.model.vnet import VNetConfig
+
+from .augment import FIELD_OF_VIEW_PROBABILITY
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (stored in the bundle's training metadata)."""
+
+    spacing_mm: tuple[float, float, float] = (3.0, 3.0, 3.0)
+    hu_window: tuple[float, float] = (-200.0, 400.0)
+    width: int = 8
+    depth: int = 4
+    kernel_size: int = 3
+    convs_per_stage: tuple[int, ...] = (1, 2, 3, 3, 3)
+    patch: tuple[int, int, int] = (80, 80, 80)
+    inference_patch: tuple[int, int, int] = (160, 160, 160)
+    batch_size: int = 2
+    epochs: int = 100
+    iterations_per_epoch: int = 50
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-5
+    ce_weight: float = 1.0
+    grad_clip: float = 12.0
+    validate_every: int = 5
+    synthetic_fraction: float = 0.5  # of patches painted from anatomy maps, when there are both kinds
+    flip_probability: float = 0.5
+    field_of_view_probability: float = FIELD_OF_VIEW_PROBABILITY  # of a patch in which the scan ends
+    keep: str = "best"  # which network is exported: "best" on validation, or "last" (no selection)
+    workers: int = 0  # processes that prepare cases and paint patches (0: the training process itself)
+    seed: int = 0
+    device: str = "auto"
+    name: str = "abdoseg-vnet"
+    train_cases: list[str] = field(default_factory=list)
+    validation_cases: list[str] = field(default_factory=list)
+    synthetic_cases: list[str] = field(default_factory=list)  # anatomy maps painted into synthetic CT
+    initialised_from: str = ""  # model id of the bundle a fine-tuning run started from
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(tuple(self.spacing_mm), tuple(self.hu_window))
+
+    @property
+    def network_config(self) -> VNetConfig:
+        return VNetConfig(width=self.width, depth=self.depth, kernel_size=self.kernel_size, convs_per_stage=tuple(self.convs_per_stage))
