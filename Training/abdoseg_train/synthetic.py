@@ -75,6 +75,13 @@ TISSUES: dict[int, Tissue] = {
     STRUCTURE_IDS["resection_site"]: Tissue(_same(-40, 50), (10, 30)),
     # Blood pool and myocardium; arterial-phase left-heart blood reaches the aorta's brightness.
     STRUCTURE_IDS["heart"]: Tissue({"portal_venous": (100, 200), "arterial": (130, 400), "unenhanced": (30, 55)}, (10, 30)),
+    # Labelled only by other sets' maps. Bowel: on a 3 mm grid a mixture of the enhancing wall and
+    # fluid or stool content; its gas pockets are not drawn. Skeletal muscle: 40-60 HU unenhanced,
+    # lower in fatty (older) muscle, +5-15 HU after contrast. Urine and simple cysts: water, 0-20 HU.
+    STRUCTURE_IDS["bowel"]: Tissue({"portal_venous": (10, 80), "arterial": (10, 70), "unenhanced": (0, 45)}, (10, 35)),
+    STRUCTURE_IDS["muscle"]: Tissue({"portal_venous": (35, 75), "arterial": (35, 70), "unenhanced": (30, 60)}, (6, 18)),
+    STRUCTURE_IDS["urinary_bladder"]: Tissue(_same(0, 20), (3, 10)),
+    STRUCTURE_IDS["kidney_cyst"]: Tissue(_same(-5, 20), (3, 10)),
 }
 
 # The unlabelled body: (low, high) of each component's mean HU and its texture spread.

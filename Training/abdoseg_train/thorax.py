@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import Delaunay, QhullError
 
+from .body_outline import axial_convex_hulls
 from .structures import STRUCTURE_IDS
 
 BODY, BONE, LIVER = STRUCTURE_IDS["body_other"], STRUCTURE_IDS["bone"], STRUCTURE_IDS["liver"]
@@ -69,18 +69,9 @@ def _above_diaphragm(structures: np.ndarray, dome: int, spacing: np.ndarray, rng
 def _rib_cage(bone: np.ndarray, slices: np.ndarray) -> np.ndarray:
     """(X, Y, Z) bool: inside the convex hull of the bone in each axial slice of ``slices`` (the
     others stay False), less one voxel in-plane."""
-    inside = np.zeros(bone.shape, dtype=bool)
-    grid = np.stack(np.meshgrid(np.arange(bone.shape[0]), np.arange(bone.shape[1]), indexing="ij"), axis=-1).reshape(-1, 2)
-    for k in slices:
-        points = np.argwhere(bone[:, :, k])
-        if len(points) < 3:
-            continue
-        try:
-            hull = Delaunay(points)
-        except QhullError:  # collinear bone voxels span no area
-            continue
-        inside[:, :, k] = (hull.find_simplex(grid) >= 0).reshape(bone.shape[:2])
-    return ndimage.binary_erosion(inside, structure=np.ones((3, 3, 1), dtype=bool))
+    selected = np.zeros(bone.shape, dtype=bool)
+    selected[:, :, slices] = bone[:, :, slices]
+    return ndimage.binary_erosion(axial_convex_hulls(selected), structure=np.ones((3, 3, 1), dtype=bool))
 
 
 def _heart_ellipsoid(structures: np.ndarray, dome: int, spacing: np.ndarray, rng: np.random.Generator) -> np.ndarray:
