@@ -1,4 +1,6 @@
-# `make demo` and `make test` build .venv on first use; nothing else needs installing.
+# `make demo`, `make test` and `make validate` build .venv on first use; nothing else needs installing.
+# `make test` needs only the repository; `make validate` also needs the project's shared data
+# (ABDOSEG_DATA, else ../shared/data beside the checkout), which may not be redistributed.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Off-screen rendering (the preview's 3D view) goes through EGL with Mesa's software driver.
 SYSTEM_PACKAGES := libegl1 libgl1-mesa-dri
 
-.PHONY: demo test bench clean
+.PHONY: demo test validate bench clean
 
 $(STAMP): pyproject.toml
 	@dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1 || { \
@@ -23,7 +25,11 @@ demo: $(STAMP)
 	$(BIN)/python -m AbdoSegLib.demo
 
 test: $(STAMP)
+	$(BIN)/ruff check
 	$(BIN)/python -m pytest -q
+
+validate: $(STAMP)
+	$(BIN)/python -m pytest -q Testing/validate
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline_speed.py

@@ -1,13 +1,16 @@
-"""Shared fixtures of the engine tests.
+"""Shared fixtures of the engine tests (``make test``).
 
-Real CT lives outside the repository, in ``<repo>/../shared/data`` (see its README.md); the
-tests that need it fail, never skip, when it is missing, so that a CI machine without the
-data cannot pass silently.
+Every fixture here reads data inside the repository: the sample CT and its labels that the module
+ships (``AbdoSeg/Resources/SampleData``) and the small cases in ``Testing/Data`` (sources and
+licences in its README.md). Tests on data that may not be redistributed are in ``Testing/validate``
+(``make validate``).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 # OpenMP threads that spin while they wait make a 2-thread torch 5-10x slower as soon as
@@ -19,17 +22,17 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from AbdoSegLib.model.bundle import ModelBundle, load_bundle, save_bundle  # noqa: E402
 from AbdoSegLib.image import Image  # noqa: E402
 from AbdoSegLib.io.image_files import read_image  # noqa: E402
+from AbdoSegLib.model.bundle import ModelBundle, load_bundle, save_bundle  # noqa: E402
 from AbdoSegLib.model.preprocessing import Preprocessing  # noqa: E402
 from AbdoSegLib.model.vnet import VNet, VNetConfig  # noqa: E402
+from AbdoSegLib.resources import SAMPLE_CASE_ID, SAMPLE_CT, SAMPLE_REFERENCE  # noqa: E402
 
 # Small and predictable on a 2-core CI machine.
 torch.set_num_threads(2)
 
-# The project's real test data sits beside the checkout; ABDOSEG_DATA points elsewhere (a clone in another folder).
-SHARED_DATA = Path(os.environ.get("ABDOSEG_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+TEST_DATA = Path(__file__).resolve().parent / "Data"
 
 TINY_CONFIG = VNetConfig(width=4, depth=2, convs_per_stage=(1, 1, 1))
 TINY_PREPROCESSING = Preprocessing((3.0, 3.0, 3.0), (-200.0, 400.0))
@@ -37,11 +40,24 @@ TINY_PATCH = (32, 32, 32)
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> Path:
-    """``<repo>/../shared/data`` or ``$ABDOSEG_DATA``; a missing folder is a test failure, not a skip."""
-    assert SHARED_DATA.is_dir(), (f"the test data folder {SHARED_DATA} is missing: the tests read the project's real CT from "
-                                  "../shared/data beside the checkout, or from the folder ABDOSEG_DATA names")
-    return SHARED_DATA
+def test_data() -> Path:
+    """``Testing/Data``: ts_dicom, msd_spleen_8 (case folders) and anatomy_totalseg (anatomy maps)."""
+    return TEST_DATA
+
+
+@pytest.fixture(scope="session")
+def ts_example_case(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled sample as a training case folder ``ts_example/`` (ct.nii.gz, label.nii.gz, case.json)."""
+    folder = tmp_path_factory.mktemp("sample") / SAMPLE_CASE_ID
+    folder.mkdir()
+    shutil.copyfile(SAMPLE_CT, folder / "ct.nii.gz")
+    shutil.copyfile(SAMPLE_REFERENCE, folder / "label.nii.gz")
+    (folder / "case.json").write_text(json.dumps({
+        "labelled": ["liver", "right_kidney", "left_kidney", "spleen"],
+        "label_source": "TotalSegmentator 'total' task prediction (--fast), mapped to AbdoSeg ids",
+        "source": "AbdoSeg/Resources/SampleData (see its README.md)",
+    }))
+    return folder
 
 
 def _read_only(image: Image) -> Image:
@@ -51,15 +67,15 @@ def _read_only(image: Image) -> Image:
 
 
 @pytest.fixture(scope="session")
-def ts_example_ct(data_dir: Path) -> Image:
-    """ts_example CT: 122x101x112 voxels of 3 mm, RAS, int32 HU (read-only array)."""
-    return _read_only(read_image(data_dir / "ts_example" / "ct.nii.gz"))
+def ts_example_ct() -> Image:
+    """The bundled sample CT (ts_example): 122x101x112 voxels of 3 mm, RAS, int32 HU (read-only array)."""
+    return _read_only(read_image(SAMPLE_CT))
 
 
 @pytest.fixture(scope="session")
-def ts_dicom_ct(data_dir: Path) -> Image:
+def ts_dicom_ct(test_data: Path) -> Image:
     """ts_dicom series: 512x512x20 voxels of 0.977x0.977x2 mm, LPS voxel order (read-only array)."""
-    return _read_only(read_image(data_dir / "ts_dicom" / "dicom"))
+    return _read_only(read_image(test_data / "ts_dicom" / "dicom"))
 
 
 @pytest.fixture(scope="session")

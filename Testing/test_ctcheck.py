@@ -27,10 +27,10 @@ def _refusal(image: Image, source: str = SOURCE) -> str:
     return message
 
 
-def test_real_ct_passes(ts_example_ct, ts_dicom_ct, data_dir):
+def test_real_ct_passes(ts_example_ct, ts_dicom_ct, test_data):
     check_ct(ts_example_ct, "ts_example")
     check_ct(ts_dicom_ct, "ts_dicom")
-    check_ct(read_image(data_dir / "msd_spleen_8" / "ct.nii.gz"), "msd_spleen_8")
+    check_ct(read_image(test_data / "msd_spleen_8" / "ct.nii.gz"), "msd_spleen_8")
 
 
 def test_real_ct_as_float_passes(ts_example_ct):

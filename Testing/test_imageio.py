@@ -14,6 +14,7 @@ from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.image import Image
 from AbdoSegLib.io.image_files import read_image, write_image
 from AbdoSegLib.model.preprocessing import canonical
+from AbdoSegLib.resources import SAMPLE_CT
 from conftest import box_corners
 
 
@@ -98,10 +99,9 @@ def test_written_nrrd_means_the_same_to_pynrrd(tmp_path, orientation):
     np.testing.assert_array_equal(data, array)
 
 
-def test_real_nifti_reads_like_nibabel_reads_it(data_dir):
-    path = data_dir / "ts_example" / "ct.nii.gz"
-    image = read_image(path)
-    other = nib.load(path)
+def test_real_nifti_reads_like_nibabel_reads_it():
+    image = read_image(SAMPLE_CT)
+    other = nib.load(SAMPLE_CT)
     assert image.shape == (122, 101, 112)
     np.testing.assert_allclose(image.affine, other.affine, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(image.array, np.asanyarray(other.dataobj))
@@ -117,9 +117,9 @@ def test_dicom_series_shape_spacing_and_orientation(ts_dicom_ct):
     assert ts_dicom_ct.array.min() == -1024
 
 
-def test_dicom_series_lies_on_the_grid_of_its_label(ts_dicom_ct, data_dir):
+def test_dicom_series_lies_on_the_grid_of_its_label(ts_dicom_ct, test_data):
     """Same physical grid, different voxel order (DICOM reads LPS, the label is stored LAS)."""
-    label = read_image(data_dir / "ts_dicom" / "label.nii.gz")
+    label = read_image(test_data / "ts_dicom" / "label.nii.gz")
     assert nib.aff2axcodes(label.affine) == ("L", "A", "S")
     assert not np.allclose(label.affine, ts_dicom_ct.affine)  # the voxel orders really differ
     # the field of view's corners are the same world points ...
@@ -163,8 +163,8 @@ def test_truncated_file_is_refused(tmp_path, ts_example_ct, suffix):
     _assert_refused(cut)
 
 
-def test_truncated_real_nifti_is_refused(tmp_path, data_dir):
-    data = (data_dir / "ts_example" / "ct.nii.gz").read_bytes()
+def test_truncated_real_nifti_is_refused(tmp_path):
+    data = SAMPLE_CT.read_bytes()
     cut = tmp_path / "ct.nii.gz"
     cut.write_bytes(data[: len(data) // 2])
     _assert_refused(cut)
