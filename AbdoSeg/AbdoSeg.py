@@ -2,11 +2,13 @@
 
 This file is the thin Slicer part: module metadata, sample data, the parameter node, the
 widget, and a logic that runs the engine's command line (``abdoseg segment``) in a separate
-process, so that Slicer stays responsive, then hands the results to ``AbdoSegLib.scene``
-(layer 2), which builds the segmentation node, its surfaces, the exports and the metrics table.
+process through ``AbdoSegLib.process`` (the protocol, tested without Slicer; here a QTimer polls it),
+so that Slicer stays responsive, then hands the results to ``AbdoSegLib.scene`` (layer 2), which
+builds the segmentation node, its surfaces, the exports and the metrics table.
 
-Heavy packages (torch, monai, nibabel, scipy, ...) are never imported here at module level:
-Slicer's Python gets them on first use (``AbdoSegLogic.setupPythonRequirements``).
+Heavy packages (torch, monai, nibabel, scipy, psutil, ...) are never imported here at module level:
+Slicer's Python gets them on first use (``AbdoSegLogic.setupPythonRequirements``, which installs the
+pip requirements listed in ``Resources/requirements.txt``). This file never imports torch: only the command's process needs it.
 
 Slicer versions: 5.10 or later. Version-dependent calls (see the report in the project):
 ``vtkSegment.SetTerminology`` (5.10), ``slicer.packaging.pip_ensure`` (5.12; ``slicer.util.pip_install``
@@ -21,13 +23,11 @@ import json
 import logging
 import os
 import pathlib
-import queue
+import re
 import shutil
-import subprocess
-import threading
 import time
-from dataclasses import dataclass, field
-from typing import Annotated, Callable
+from collections.abc import Callable
+from typing import Annotated
 
 import qt
 import slicer
@@ -46,42 +46,23 @@ from slicer.util import VTKObservationMixin
 
 from AbdoSegLib.organs import ORGANS
 from AbdoSegLib.resources import DEFAULT_BUNDLE, SAMPLE_CT, SAMPLE_REFERENCE
+from AbdoSegLib.surfaces.options import COORDINATES, DEFAULT_COORDINATES, SCENE_FORMATS, SMOOTHING_FACTOR
 
 PROJECT_URL = "https://github.com/abdoseg/SlicerAbdoSeg"
 SAMPLE_CT_URL = "https://raw.githubusercontent.com/abdoseg/SlicerAbdoSeg/main/AbdoSeg/Resources/SampleData/AbdoSegSampleCT.nii.gz"
 SAMPLE_CT_SHA256 = "dbd3ae6d614d1d7ef3a46925c30c70038ed52da6b37fdd6afdc7b9b71387e3e1"
 SAMPLE_NAME = "AbdoSegSampleCT"
 
-LABELS_FILE = "labels.nii.gz"
-SUMMARY_FILE = "summary.json"
-"""Files that ``abdoseg segment`` writes (AbdoSegLib.commands.segment, not imported here: it loads torch)."""
-
 MINIMUM_TORCH_VERSION = "2.1"
-PYTHON_REQUIREMENTS = [
-    # numpy, scipy and pillow come with Slicer (5.10: numpy 2.0, scipy 1.13, pillow 11.2); listed so that a
-    # too old one is noticed. SimpleITK and VTK come with Slicer and must never be installed with pip into it.
-    "numpy>=1.24",
-    "scipy>=1.10",
-    "pillow>=10.1",
-    "nibabel>=5.0",
-    "pynrrd>=1.0",
-    "slicerio>=1.0",
-    "safetensors>=0.4",
-    "monai>=1.3",
-    "tqdm>=4.60",
-    "psutil>=5.9",  # to stop the whole process tree on Cancel (PythonSlicer is a launcher)
-]
-"""pip requirements besides PyTorch (which the PyTorch extension installs)."""
+REQUIREMENTS_FILE = pathlib.Path(__file__).resolve().parent / "Resources" / "requirements.txt"
+"""pip requirements besides PyTorch (which the PyTorch extension installs): one per line, # comments."""
+POLL_INTERVAL_MS = 100
 
-# Share of the progress bar that each stage of ``abdoseg segment --progress json`` fills (percent).
-STAGE_PROGRESS = {
-    "read": (0, 5),
-    "preprocess": (5, 10),
-    "inference": (10, 85),
-    "postprocess": (85, 95),
-    "write": (95, 100),
-    "done": (100, 100),
-}
+
+def pythonRequirements() -> list[str]:
+    """The requirements of REQUIREMENTS_FILE, without comments and blank lines (pip's rules for both)."""
+    lines = (re.sub(r"(^|\s)#.*", "", line).strip() for line in REQUIREMENTS_FILE.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line]
 
 
 #
@@ -160,21 +141,15 @@ class Device(enum.Enum):
         return {"auto": _("Automatic (GPU if available)"), "cpu": _("CPU"), "cuda": _("GPU (CUDA)")}[self.value]
 
 
-class SurfaceFormat(enum.Enum):
-    STL = "STL"
-    OBJ = "OBJ"
-    PLY = "PLY"
+_FORMAT_LABELS = {"stl": _("STL (one file per organ)"), "obj": _("OBJ (one file, with colours)"), "ply": _("PLY (with colours)")}
+_COORDINATE_LABELS = {"lps": _("LPS (Slicer's default)"), "ras": _("RAS")}
 
-    def label(self) -> str:
-        return {"STL": _("STL (one file per organ)"), "OBJ": _("OBJ (one file, with colours)"), "PLY": _("PLY (with colours)")}[self.value]
-
-
-class Coordinates(enum.Enum):
-    LPS = "LPS"
-    RAS = "RAS"
-
-    def label(self) -> str:
-        return {"LPS": _("LPS (Slicer's default)"), "RAS": _("RAS")}[self.value]
+# The choices come from AbdoSegLib.surfaces.options, the one place that names them; members are
+# named by the upper-case value (STL, LPS, ...), which is what the parameter node stores.
+SurfaceFormat = enum.Enum("SurfaceFormat", [(fmt.upper(), fmt) for fmt in SCENE_FORMATS])
+SurfaceFormat.label = lambda self: _FORMAT_LABELS.get(self.value, self.value.upper())
+Coordinates = enum.Enum("Coordinates", [(space.upper(), space) for space in COORDINATES])
+Coordinates.label = lambda self: _COORDINATE_LABELS.get(self.value, self.value.upper())
 
 
 @parameterNodeWrapper
@@ -195,179 +170,13 @@ class AbdoSegParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     modelPath: pathlib.Path = DEFAULT_BUNDLE
     device: Device = Device.AUTO
-    smoothingFactor: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    smoothingFactor: Annotated[float, WithinRange(0.0, 1.0)] = SMOOTHING_FACTOR
     referenceSegmentation: vtkMRMLSegmentationNode
     metricsTable: vtkMRMLTableNode
     exportFolder: pathlib.Path = pathlib.Path.home()
-    exportFormat: SurfaceFormat = SurfaceFormat.STL
-    exportCoordinates: Coordinates = Coordinates.LPS
+    exportFormat: SurfaceFormat = SurfaceFormat(SCENE_FORMATS[0])
+    exportCoordinates: Coordinates = Coordinates(DEFAULT_COORDINATES)
     exportMerge: bool = False
-
-
-#
-# Background process
-#
-
-
-@dataclass
-class SegmentationResult:
-    """What became of one run: status "completed", "failed" or "cancelled"."""
-
-    status: str
-    message: str = ""
-    segmentationNode: object = None
-    summary: dict = field(default_factory=dict)
-    warnings: list = field(default_factory=list)
-    log: list = field(default_factory=list)
-
-
-def parseProgressLine(line: str) -> dict | None:
-    """The {"stage", "fraction", "message"} object of a JSON progress line, or None for any other line."""
-    if not line.startswith("{"):
-        return None
-    try:
-        value = json.loads(line)
-    except ValueError:
-        return None
-    if isinstance(value, dict) and "stage" in value and "fraction" in value:
-        return value
-    return None
-
-
-def overallPercent(stage: str, fraction: float) -> int | None:
-    """Progress bar value (0-100) for a stage's fraction; None for a stage not in STAGE_PROGRESS."""
-    if stage not in STAGE_PROGRESS:
-        return None
-    start, end = STAGE_PROGRESS[stage]
-    return int(round(start + (end - start) * min(max(float(fraction), 0.0), 1.0)))
-
-
-def killProcessTree(pid: int) -> None:
-    """Stop a process and every process it started (PythonSlicer is a launcher: killing it alone leaves Python running)."""
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        try:
-            parent = psutil.Process(pid)
-        except psutil.NoSuchProcess:
-            return
-        processes = parent.children(recursive=True) + [parent]
-        for process in processes:
-            try:
-                process.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(processes, timeout=10)
-    elif os.name == "nt":
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, check=False)
-    else:
-        subprocess.run(["pkill", "-KILL", "-P", str(pid)], capture_output=True, check=False)
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
-
-
-class SegmentationProcess:
-    """One ``abdoseg segment`` process: a thread reads its output, a QTimer hands it to the GUI thread.
-
-    progressCallback(percent, stage, message) for each JSON progress line; logCallback(line)
-    for every other line; finishedCallback(process) once, after the process has ended
-    (returnCode set; cancelled True if ``cancel`` stopped it).
-    """
-
-    POLL_INTERVAL_MS = 100
-    LOG_LINES_KEPT = 200
-
-    def __init__(self, command: list[str], cwd: str, progressCallback=None, logCallback=None, finishedCallback=None):
-        self.command = command
-        self.cwd = cwd
-        self.progressCallback = progressCallback
-        self.logCallback = logCallback
-        self.finishedCallback = finishedCallback
-        self.proc = None
-        self.returnCode = None
-        self.cancelled = False
-        self.finished = False
-        self.logLines: list[str] = []
-        self._queue: queue.Queue = queue.Queue()
-        self._thread = None
-        self._timer = qt.QTimer()
-        self._timer.setInterval(self.POLL_INTERVAL_MS)
-        self._timer.connect("timeout()", self.poll)
-
-    def start(self) -> None:
-        logging.info(f"AbdoSeg: running {' '.join(self.command)}")
-        self.proc = slicer.util.launchConsoleProcess(
-            self.command, updateEnvironment={"PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}, cwd=self.cwd
-        )
-        self._thread = threading.Thread(target=self._readOutput, daemon=True)
-        self._thread.start()
-        self._timer.start()
-
-    def _readOutput(self) -> None:
-        """Reader thread: every output line into the queue, then the exit code."""
-        while True:
-            try:
-                line = self.proc.stdout.readline()
-            except (UnicodeDecodeError, ValueError):
-                continue
-            if not line:
-                break
-            self._queue.put(("line", line.rstrip()))
-        self.proc.wait()
-        self._queue.put(("done", self.proc.returncode))
-
-    def poll(self) -> None:
-        """GUI thread: hand over the lines read so far; finish when the process has ended."""
-        while True:
-            try:
-                kind, value = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if kind == "line":
-                progress = parseProgressLine(value)
-                if progress is not None:
-                    if self.progressCallback:
-                        self.progressCallback(overallPercent(progress["stage"], progress["fraction"]), progress["stage"], progress.get("message", ""))
-                else:
-                    self.logLines = (self.logLines + [value])[-self.LOG_LINES_KEPT :]
-                    if self.logCallback:
-                        self.logCallback(value)
-            else:
-                self._timer.stop()
-                self.returnCode = value
-                self.finished = True
-                if self.finishedCallback:
-                    self.finishedCallback(self)
-                return
-
-    def cancel(self) -> None:
-        """Stop the process tree; the finished callback follows once its output is closed."""
-        if self.proc is None or self.finished:
-            return
-        self.cancelled = True
-        killProcessTree(self.proc.pid)
-
-    def wait(self, timeoutSeconds: float | None = None) -> None:
-        """Block until finished (for scripts and tests), keeping the application's events flowing."""
-        start = time.monotonic()
-        while not self.finished:
-            self.poll()
-            slicer.app.processEvents()
-            if timeoutSeconds is not None and time.monotonic() - start > timeoutSeconds:
-                self.cancel()
-                timeoutSeconds = None
-            time.sleep(0.02)
-
-    def errorMessage(self) -> str:
-        """The command's own one-sentence error ("abdoseg: error: ..."), else the last output line."""
-        for line in reversed(self.logLines):
-            if line.startswith("abdoseg: error:"):
-                return line[len("abdoseg: error:") :].strip()
-        return self.logLines[-1] if self.logLines else _("the segmentation process ended with code {code}").format(code=self.returnCode)
 
 
 #
@@ -470,15 +279,6 @@ class AbdoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsLabel.text = ""
         with slicer.util.tryWithErrorDisplay(_("The segmentation could not be started."), waitCursor=True):
             self.logic.setupPythonRequirements(askConfirmation=True)
-            device = parameters.device.value
-            if device == "cuda" and not self.logic.cudaAvailable():
-                raise ValueError(
-                    _(
-                        "GPU (CUDA) was chosen, but PyTorch finds no CUDA GPU on this computer (no NVIDIA GPU or driver, "
-                        "or PyTorch was installed for the CPU only). Choose Automatic or CPU under Advanced, or reinstall "
-                        "PyTorch with CUDA support in the PyTorch Utils module."
-                    )
-                )
             if not parameters.outputSegmentation:
                 parameters.outputSegmentation = slicer.mrmlScene.AddNewNodeByClass(
                     "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(f"{parameters.inputVolume.GetName()} organs")
@@ -487,15 +287,16 @@ class AbdoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 parameters.inputVolume,
                 parameters.outputSegmentation,
                 modelPath=parameters.modelPath,
-                device=device,
+                device=parameters.device.value,
                 smoothingFactor=parameters.smoothingFactor,
                 progressCallback=self.onProgress,
                 logCallback=self.onLog,
                 completedCallback=self.onCompleted,
             )
-            self.ui.progressBar.value = 0
-            self.ui.progressBar.show()
-            self.ui.statusLabel.text = _("Starting...")
+            if self.logic.isRunning():  # a command that could not start has already been reported by onCompleted
+                self.ui.progressBar.value = 0
+                self.ui.progressBar.show()
+                self.ui.statusLabel.text = _("Starting...")
         self.updateButtons()
 
     def onProgress(self, percent, stage, message) -> None:
@@ -506,7 +307,8 @@ class AbdoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onLog(self, line) -> None:
         self.ui.logTextEdit.appendPlainText(line)
 
-    def onCompleted(self, result: SegmentationResult) -> None:
+    def onCompleted(self, result) -> None:
+        """``result``: the run's AbdoSegLib.process.SegmentationResult."""
         self.ui.progressBar.hide()
         self.updateButtons()
         if result.status == "completed":
@@ -521,7 +323,7 @@ class AbdoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
 
     @staticmethod
-    def resultsHtml(result: SegmentationResult) -> str:
+    def resultsHtml(result) -> str:
         rows = []
         for organ in ORGANS:
             values = result.summary.get("organs", {}).get(organ.name)
@@ -551,13 +353,13 @@ class AbdoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 parameters.outputSegmentation,
                 parameters.exportFolder,
                 parameters.exportFormat.value,
-                lps=parameters.exportCoordinates == Coordinates.LPS,
+                lps=parameters.exportCoordinates.value == "lps",
                 merge=parameters.exportMerge,
                 smoothingFactor=parameters.smoothingFactor,
             )
             slicer.util.infoDisplay(
                 _("{count} files written to {folder} ({coordinates} coordinates, mm).").format(
-                    count=len(files), folder=parameters.exportFolder, coordinates=parameters.exportCoordinates.value
+                    count=len(files), folder=parameters.exportFolder, coordinates=parameters.exportCoordinates.value.upper()
                 ),
                 detailedText="\n".join(str(path) for path in files),
             )
@@ -577,10 +379,13 @@ class AbdoSegLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.process: SegmentationProcess | None = None
-        self.lastResult: SegmentationResult | None = None
+        self.process = None  # the running or last AbdoSegLib.process.SegmentationProcess
+        self.lastResult = None  # the last run's AbdoSegLib.process.SegmentationResult
         self.keepTemporaryFiles = False
         self.moduleDir = os.path.dirname(os.path.abspath(__file__))
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(POLL_INTERVAL_MS)
+        self._pollTimer.connect("timeout()", self._poll)
 
     def getParameterNode(self):
         return AbdoSegParameterNode(super().getParameterNode())
@@ -589,11 +394,11 @@ class AbdoSegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def missingRequirements() -> list[str]:
-        """The PYTHON_REQUIREMENTS that are not installed, or not in a suitable version."""
+        """The pythonRequirements() that are not installed, or not in a suitable version."""
         from packaging.requirements import Requirement
 
         missing = []
-        for text in PYTHON_REQUIREMENTS:
+        for text in pythonRequirements():
             requirement = Requirement(text)
             try:
                 version = importlib.metadata.version(requirement.name)
@@ -652,27 +457,23 @@ class AbdoSegLogic(ScriptedLoadableModuleLogic):
             raise DependencyError(_("AbdoSeg cannot run without these Python packages: {packages}").format(packages=", ".join(missing)))
         slicer.util.pip_install(missing)
 
-    @staticmethod
-    def cudaAvailable() -> bool:
-        """True when PyTorch (in Slicer's Python) finds a CUDA GPU."""
-        import torch
-
-        return bool(torch.cuda.is_available())
-
     # Segmentation ------------------------------------------------------------------------
 
     def isRunning(self) -> bool:
-        return self.process is not None and not self.process.finished
+        return self.process is not None and self.process.running
 
-    def segmentationCommand(self, inputFile: str, outputDir: str, modelPath, device: str) -> list[str]:
-        """The ``abdoseg segment`` command line, run by Slicer's Python (PythonSlicer)."""
+    @staticmethod
+    def segmentationCommand(inputFile: str, outputDir: str, modelPath, device: str) -> list[str]:
+        """The ``abdoseg segment`` command line, run by Slicer's Python (PythonSlicer).
+
+        ``--device cuda`` without a CUDA GPU is refused by the command itself, in one sentence.
+        """
+        from AbdoSegLib.process import segment_command
+
         pythonSlicer = shutil.which("PythonSlicer")
         if not pythonSlicer:
             raise RuntimeError(_("PythonSlicer, Slicer's Python interpreter, was not found."))
-        return [
-            pythonSlicer, "-m", "AbdoSegLib.cli", "segment", str(inputFile),
-            "-o", str(outputDir), "--progress", "json", "--device", device, "--model", str(modelPath),
-        ]
+        return segment_command(pythonSlicer, inputFile, outputDir, modelPath, device)
 
     def startSegmentation(
         self,
@@ -680,19 +481,21 @@ class AbdoSegLogic(ScriptedLoadableModuleLogic):
         outputSegmentation,
         modelPath=DEFAULT_BUNDLE,
         device: str = "auto",
-        smoothingFactor: float = 0.5,
+        smoothingFactor: float = SMOOTHING_FACTOR,
         progressCallback: Callable | None = None,
         logCallback: Callable | None = None,
         completedCallback: Callable | None = None,
-    ) -> SegmentationProcess:
-        """Start segmenting ``inputVolume`` into ``outputSegmentation``; returns at once.
+    ):
+        """Start segmenting ``inputVolume`` into ``outputSegmentation``; returns the SegmentationProcess at once.
 
         The volume is written to a temporary NRRD file, ``abdoseg segment`` runs on it in a
         separate process, and when it ends the labels are imported into ``outputSegmentation``
         (AbdoSegLib.scene), closed surfaces are built with ``smoothingFactor`` and
-        ``completedCallback(SegmentationResult)`` is called.
+        ``completedCallback(SegmentationResult)`` is called. ``progressCallback(percent, stage, message)``
+        and ``logCallback(line)`` follow the command's output (see AbdoSegLib.process).
         """
         from AbdoSegLib import scene
+        from AbdoSegLib.process import SegmentationProcess
 
         if self.isRunning():
             raise RuntimeError(_("A segmentation is already running."))
@@ -710,60 +513,75 @@ class AbdoSegLogic(ScriptedLoadableModuleLogic):
         command = self.segmentationCommand(inputFile, outputDir, modelPath, device)
         startTime = time.monotonic()
 
-        def finished(process: SegmentationProcess) -> None:
-            result = self._finishSegmentation(process, inputVolume, outputSegmentation, outputDir, smoothingFactor, startTime)
+        def finished(processResult) -> None:
+            self._pollTimer.stop()
+            result = self._finishSegmentation(processResult, inputVolume, outputSegmentation, outputDir, smoothingFactor, startTime)
             if not self.keepTemporaryFiles:
                 shutil.rmtree(tempDir, ignore_errors=True)
             self.lastResult = result
             if completedCallback:
                 completedCallback(result)
 
-        self.process = SegmentationProcess(command, self.moduleDir, progressCallback, logCallback, finished)
+        # The startup environment, as slicer.util.launchConsoleProcess gives it: PythonSlicer sets up its own.
+        self.process = SegmentationProcess(
+            command, cwd=self.moduleDir, env=slicer.util.startupEnvironment(),
+            on_progress=progressCallback, on_log=logCallback, on_finished=finished,
+        )
+        logging.info(f"AbdoSeg: running {' '.join(command)}")
         self.process.start()
+        if self.process.running:
+            self._pollTimer.start()
         return self.process
 
-    def segment(self, inputVolume, outputSegmentation, modelPath=DEFAULT_BUNDLE, device="auto", smoothingFactor=0.5, timeoutSeconds=None):
+    def _poll(self) -> None:
+        """QTimer: hand the command's output to the callbacks on the GUI thread."""
+        if self.process is not None:
+            self.process.poll()
+
+    def segment(self, inputVolume, outputSegmentation, modelPath=DEFAULT_BUNDLE, device="auto", smoothingFactor=SMOOTHING_FACTOR, timeoutSeconds=None):
         """Segment and wait for the result (scripts, tests): returns a SegmentationResult."""
         process = self.startSegmentation(inputVolume, outputSegmentation, modelPath, device, smoothingFactor)
-        process.wait(timeoutSeconds)
+        process.wait(timeoutSeconds, idle=slicer.app.processEvents)
         return self.lastResult
 
     def cancel(self) -> None:
+        """Stop the running segmentation (returns at once; the completed callback reports "cancelled")."""
         if self.isRunning():
             self.process.cancel()
 
-    def _finishSegmentation(self, process, inputVolume, outputSegmentation, outputDir, smoothingFactor, startTime) -> SegmentationResult:
+    def _finishSegmentation(self, processResult, inputVolume, outputSegmentation, outputDir, smoothingFactor, startTime):
+        """The run's SegmentationResult; for a completed command, after importing its labels into the scene."""
         from AbdoSegLib import scene
         from AbdoSegLib.io.image_files import read_image
+        from AbdoSegLib.outputs import LABELS_FILE, SUMMARY_FILE
+        from AbdoSegLib.process import SegmentationResult
 
-        if process.cancelled:
-            return SegmentationResult("cancelled", _("Cancelled."), log=process.logLines)
-        if process.returnCode != 0:
-            return SegmentationResult("failed", process.errorMessage(), log=process.logLines)
+        if processResult.status != "completed":
+            return processResult
         try:
-            labels = read_image(os.path.join(outputDir, LABELS_FILE))
             with open(os.path.join(outputDir, SUMMARY_FILE), encoding="utf-8") as file:
                 summary = json.load(file)
+            warnings = self.qualityWarnings(summary)
+            labels = read_image(os.path.join(outputDir, LABELS_FILE))
             scene.segmentation_from_labelmap(labels, inputVolume, segmentation_node=outputSegmentation)
             scene.create_closed_surfaces(outputSegmentation, smoothingFactor)
             self.showSegmentation(outputSegmentation)
-            warnings = self.qualityWarnings(summary, labels, inputVolume)
         except Exception as error:  # noqa: BLE001 - any import problem is reported as the run's failure
             logging.exception("AbdoSeg: importing the results failed")
-            return SegmentationResult("failed", _("the results could not be imported: {error}").format(error=error), log=process.logLines)
+            return SegmentationResult("failed", _("the results could not be imported: {error}").format(error=error), log=processResult.log)
         seconds = time.monotonic() - startTime
         message = _("Done in {seconds:.0f} s on {device}.").format(seconds=seconds, device=summary.get("device", "?"))
-        return SegmentationResult("completed", message, outputSegmentation, summary, warnings, process.logLines)
+        return SegmentationResult("completed", message, summary, warnings, processResult.log, segmentation_node=outputSegmentation)
 
     @staticmethod
-    def qualityWarnings(summary: dict, labels, inputVolume) -> list[str]:
-        """QA warnings: from summary.json when the command wrote them, else from AbdoSegLib.analysis.qa."""
-        if isinstance(summary.get("qa"), dict) and "warnings" in summary["qa"]:
-            return list(summary["qa"]["warnings"])
-        from AbdoSegLib import scene
-        from AbdoSegLib.analysis.qa import qa_report
+    def qualityWarnings(summary: dict) -> list[str]:
+        """The QA warnings that ``abdoseg segment`` wrote into its summary (a complete run always writes them)."""
+        from AbdoSegLib.outputs import SUMMARY_FILE
 
-        return list(qa_report(labels, scene.image_from_volume(inputVolume))["warnings"])
+        try:
+            return [str(warning) for warning in summary["qa"]["warnings"]]
+        except (KeyError, TypeError):
+            raise ValueError(_("{file} has no QA warnings: the segmentation did not complete.").format(file=SUMMARY_FILE)) from None
 
     @staticmethod
     def showSegmentation(segmentationNode) -> None:
@@ -801,7 +619,7 @@ class AbdoSegLogic(ScriptedLoadableModuleLogic):
         slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(tableNode.GetID())
         slicer.app.applicationLogic().PropagateTableSelection()
 
-    def exportSurfaces(self, segmentationNode, folder, fmt="STL", lps=True, merge=False, smoothingFactor=None):
+    def exportSurfaces(self, segmentationNode, folder, fmt=SCENE_FORMATS[0], lps=DEFAULT_COORDINATES == "lps", merge=False, smoothingFactor=None):
         """Write the segmentation's closed surfaces to ``folder``; returns the files written."""
         from AbdoSegLib import scene
 
@@ -899,7 +717,7 @@ class AbdoSegTest(ScriptedLoadableModuleTest):
             time.sleep(0.1)
         tree = [launcher] + launcher.children(recursive=True)
         logic.cancel()
-        process.wait(timeoutSeconds=60)
+        process.wait(60, idle=slicer.app.processEvents)
         self.assertEqual(logic.lastResult.status, "cancelled")
         self.assertFalse(logic.isRunning())
         gone, alive = psutil.wait_procs(tree, timeout=10)

@@ -11,15 +11,17 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import pathlib
 import re
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
+from packaging.requirements import Requirement
 from PIL import Image as PILImage
 
-from AbdoSegLib.commands import segment as segment_command
+from AbdoSegLib import outputs
 from AbdoSegLib.resources import RESOURCES, SAMPLE_CT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +125,22 @@ def constant(name: str):
     raise AssertionError(f"AbdoSeg.py has no constant {name}")
 
 
+def abdoseg_definitions(*names: str) -> dict:
+    """Run the top-level assignments and functions ``names`` of AbdoSeg.py (which needs Slicer to import) alone."""
+    nodes = [node for node in abdoseg_tree().body
+             if (isinstance(node, ast.FunctionDef) and node.name in names)
+             or (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id in names for t in node.targets))]
+    namespace = {"__file__": str(MODULE_DIR / "AbdoSeg.py"), "pathlib": pathlib, "re": re}
+    exec(compile(ast.Module(nodes, type_ignores=[]), "AbdoSeg.py", "exec"), namespace)
+    assert set(names) <= set(namespace), f"AbdoSeg.py lacks {set(names) - set(namespace)}"
+    return namespace
+
+
+def python_requirements() -> list[str]:
+    """The pip requirements as AbdoSeg.py reads them from its requirements file."""
+    return abdoseg_definitions("REQUIREMENTS_FILE", "pythonRequirements")["pythonRequirements"]()
+
+
 def parameters() -> dict[str, str]:
     """{parameter: annotation source} of AbdoSegParameterNode."""
     for node in abdoseg_tree().body:
@@ -187,18 +205,35 @@ def test_the_ui_file_has_the_sections_and_every_widget_the_code_uses():
     assert {w.get("class") for w in widgets.values() if w.get("class").startswith(("ctk", "qMRML"))} <= declared
 
 
-def test_the_labels_and_summary_names_are_the_commands():
-    assert constant("LABELS_FILE") == segment_command.LABELS_FILE
-    assert constant("SUMMARY_FILE") == segment_command.SUMMARY_FILE
+def test_abdoseg_py_takes_the_output_names_from_the_engine():
+    tree = abdoseg_tree()
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "AbdoSegLib.outputs"
+                for alias in node.names}
+    assert {"LABELS_FILE", "SUMMARY_FILE"} <= imported
+    names = {value for name, value in vars(outputs).items() if name.isupper() and isinstance(value, str)}
+    written_out = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)} & names
+    assert not written_out, f"AbdoSeg.py spells out {written_out}; import them from AbdoSegLib.outputs"
+
+
+def test_the_requirements_file_is_read_by_abdoseg_py_and_holds_pip_requirements():
+    namespace = abdoseg_definitions("REQUIREMENTS_FILE")
+    assert namespace["REQUIREMENTS_FILE"] == RESOURCES / "requirements.txt"
+    requirements = python_requirements()
+    text_lines = [line for line in (RESOURCES / "requirements.txt").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert len(requirements) == len(text_lines) and "psutil>=5.9" in requirements  # a trailing comment is not part of it
+    names = [Requirement(text).name.lower() for text in requirements]  # each line parses as a requirement
+    assert len(set(names)) == len(names)
+    assert not {"torch", "simpleitk", "vtk"} & set(names)  # the PyTorch extension and Slicer itself provide these
 
 
 def test_slicer_gets_every_package_the_engine_imports():
-    """Slicer's Python must get (PYTHON_REQUIREMENTS) what the command line and the scene layer import."""
+    """Slicer's Python must get (requirements.txt) what AbdoSeg.py and the command line it runs import."""
     distribution = {"nrrd": "pynrrd", "PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn", "skimage": "scikit-image"}
-    provided = {"vtk", "vtkmodules", "SimpleITK", "torch", "slicer", "AbdoSegLib"}  # Slicer itself, the PyTorch extension, ourselves
-    required = {re.split(r"[<>=!~ ;\[]", text)[0].lower() for text in constant("PYTHON_REQUIREMENTS")}
+    # Slicer itself, the PyTorch extension, ourselves.
+    provided = {"vtk", "vtkmodules", "SimpleITK", "slicer", "qt", "ctk", "SampleData", "packaging", "PyTorchUtils", "torch", "AbdoSegLib"}
+    required = {Requirement(text).name.lower() for text in python_requirements()}
     lib = MODULE_DIR / "AbdoSegLib"
-    seen, todo, imported = set(), [lib / "cli.py", lib / "scene" / "__init__.py", lib / "analysis" / "qa.py"], set()
+    seen, todo, imported = set(), [MODULE_DIR / "AbdoSeg.py", lib / "cli.py"], set()
     while todo:
         path = todo.pop()
         if path in seen:
@@ -222,7 +257,7 @@ def test_slicer_gets_every_package_the_engine_imports():
             todo += [c for c in candidates if c.is_file()]
     third_party = {name for name in imported if name not in sys.stdlib_module_names and name not in provided}
     missing = {name for name in third_party if distribution.get(name, name).lower() not in required}
-    assert not missing, f"AbdoSeg.py PYTHON_REQUIREMENTS lacks {missing}"
+    assert not missing, f"AbdoSeg/Resources/requirements.txt lacks {missing}"
 
 
 def test_the_sample_data_checksum_and_attribution():

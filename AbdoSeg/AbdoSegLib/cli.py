@@ -1,7 +1,7 @@
 """The ``abdoseg`` command line; each subcommand lives in ``commands/``.
 
     abdoseg segment CT -o OUTDIR [--model BUNDLE] [--device auto|cpu|cuda] [--progress ...]
-                   [--surfaces stl|obj|ply|vtp [--lps|--ras] [--merge]] [--png] [--force]
+                   [--surfaces stl|obj|ply|vtp [--lps|--ras] [--merge]] [--png] [--no-seg-nrrd] [--force]
     abdoseg compare PRED REF [--json OUT.json] [--csv OUT.csv] [--map MAPPING] [--png OUT.png --ct CT]
     abdoseg export LABELS -o DIR --format stl|obj|ply|vtp [--lps|--ras] [--merge]
     abdoseg info [BUNDLE]

@@ -1,4 +1,7 @@
-"""Progress reporting: a bar on a terminal, or one JSON object per line for the Slicer module."""
+"""Progress reporting: a bar on a terminal, or one JSON object per line for the Slicer module.
+
+The stages are named in ``outputs``; ``process`` reads the JSON lines on the Slicer module's side.
+"""
 
 from __future__ import annotations
 
