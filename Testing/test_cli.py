@@ -16,9 +16,9 @@ import slicerio
 import torch
 
 from AbdoSegLib.cli import main
-from AbdoSegLib.commands.segment import LABELS_FILE, SEGMENTATION_FILE, SUMMARY_FILE
 from AbdoSegLib.io.image_files import read_image
 from AbdoSegLib.organs import ORGANS
+from AbdoSegLib.outputs import LABELS_FILE, SEGMENTATION_FILE, SUMMARY_FILE
 from AbdoSegLib.resources import SAMPLE_CT
 
 ABDOSEG = [sys.executable, "-m", "AbdoSegLib.cli"]
@@ -83,6 +83,7 @@ def test_segment_summary_reports_organs_model_and_timings(segmented, tiny_bundle
         voxels = int((labels.array == organ.label).sum())
         assert entry["voxels"] == voxels
         assert entry["volume_ml"] == pytest.approx(voxels * 27 / 1000, abs=0.01)  # 3 mm voxels
+        assert summary["qa"]["volumes"][organ.name]["volume_ml"] == entry["volume_ml"]  # the QA judges the measured volume
         if voxels:
             assert entry["mean_hu"] == pytest.approx(float(ct.array[labels.array == organ.label].mean()), abs=0.1)
     assert summary["device"] == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import slicerio
 
+from AbdoSegLib.analysis.metrics import compare_labelmaps, jsonable
 from AbdoSegLib.cli import main
 from AbdoSegLib.commands.compare import COLUMNS, PRESETS
 from AbdoSegLib.image import Image
 from AbdoSegLib.io.image_files import LPS_TO_RAS, read_image, write_image
-from AbdoSegLib.analysis.metrics import compare_labelmaps, jsonable
+from AbdoSegLib.io.seg_nrrd import write_segmentation
 from AbdoSegLib.organs import ORGAN_NAMES, ORGANS, organ_by_name
 from AbdoSegLib.resources import SAMPLE_REFERENCE
-from AbdoSegLib.io.seg_nrrd import write_segmentation
 
 ABDOSEG = [sys.executable, "-m", "AbdoSegLib.cli"]
 LIVER, SPLEEN = organ_by_name("liver").label, organ_by_name("spleen").label

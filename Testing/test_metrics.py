@@ -1,5 +1,6 @@
-"""Comparison metrics: exact answers on spheres and boxes, empty masks, other grids, and agreement
-with DeepMind's surface-distance package (a test-only dependency)."""
+"""Comparison metrics: exact answers on spheres and boxes, empty masks, one grid (other grids are
+resampled before, never inside), and agreement with DeepMind's surface-distance package (a
+test-only dependency)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import pytest
 import surface_distance
 from scipy import ndimage
 
-from AbdoSegLib.image import Image
 from AbdoSegLib.analysis.metrics import (
     BOTH_EMPTY,
     COMPARED,
@@ -24,6 +24,8 @@ from AbdoSegLib.analysis.metrics import (
     dice_per_organ,
     jsonable,
 )
+from AbdoSegLib.image import Image
+from AbdoSegLib.io.regrid import labels_onto_grid
 from AbdoSegLib.organs import ORGAN_NAMES, ORGANS, organ_by_name
 
 LIVER = organ_by_name("liver").label
@@ -154,9 +156,10 @@ def test_json_writes_infinity_as_the_string_inf_and_not_applicable_as_null(spher
     assert float(loaded["liver"]["hd"]) == math.inf
 
 
-def test_a_reference_stored_in_another_voxel_order_gives_the_same_answer(sphere):
+def test_a_reference_stored_in_another_voxel_order_is_refused_until_it_is_resampled(sphere):
     # The same voxels stored with axes permuted (k, i, j) and i and k flipped: a different
-    # affine and array, the same world content, so the resampled comparison is perfect.
+    # affine and array, the same world content. The metrics refuse it; resampled where it
+    # enters (as the compare command does), the comparison is perfect.
     array = np.flip(sphere.array, axis=(0, 2)).transpose(2, 0, 1)
     i_size, _, k_size = sphere.shape
     flip = np.eye(4)
@@ -165,19 +168,35 @@ def test_a_reference_stored_in_another_voxel_order_gives_the_same_answer(sphere)
     permute = np.zeros((4, 4))
     permute[0, 1] = permute[1, 2] = permute[2, 0] = permute[3, 3] = 1.0  # new (a, b, c) -> old (b, c, a)
     stored = Image(np.ascontiguousarray(array), sphere.affine @ flip @ permute)
-    liver = compare_labelmaps(sphere, stored)["liver"]
+    with pytest.raises(ValueError, match=r"one grid, but their shapes differ: \(80, 80, 30\) and \(30, 80, 80\)"):
+        compare_labelmaps(sphere, stored)
+    liver = compare_labelmaps(sphere, labels_onto_grid(stored, sphere))["liver"]
     assert liver["dice"] == 1.0 and liver["hd"] == 0.0
 
 
-def test_a_reference_on_another_grid_is_resampled_onto_the_prediction():
+def test_labelmaps_on_two_grids_of_one_shape_are_refused_naming_the_affines():
+    affine = grid_affine(ANISOTROPIC)
+    labels = Image(ball(SHAPE, affine, (28.0, 28.0, 37.5), 12.0), affine)
+    moved = Image(labels.array, grid_affine(ANISOTROPIC, origin=(0.0, 0.5, 0.0)))  # half a millimetre along y
+    with pytest.raises(ValueError, match=r"affines differ \(by 0\.5 at most"):
+        compare_labelmaps(labels, moved)
+    # Rounding in a file header (float32) is no other grid.
+    rounded = Image(labels.array, grid_affine(ANISOTROPIC, origin=(1e-5, 0.0, 0.0)))
+    assert compare_labelmaps(labels, rounded)["liver"]["dice"] == 1.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        dice_per_organ(labels.array, labels.array[:-1])
+
+
+def test_a_reference_on_another_grid_agrees_once_resampled_onto_the_prediction():
     # The same 12 mm ball drawn on a 1.0 x 1.25 x 1.0 mm grid with a flipped j axis and another
-    # origin: after nearest-neighbour resampling the two agree to within about a voxel.
+    # origin: after nearest-neighbour resampling (io.regrid, as at the command line's edge) the
+    # two agree to within about a voxel.
     centre = (28.0, 28.0, 37.5)
     prediction_affine = grid_affine(ANISOTROPIC)
     prediction = Image(ball(SHAPE, prediction_affine, centre, 12.0), prediction_affine)
     reference_affine = grid_affine((1.0, -1.25, 1.0), origin=(3.0, 60.0, 10.0))
     reference = Image(ball((60, 50, 60), reference_affine, centre, 12.0), reference_affine)
-    liver = compare_labelmaps(prediction, reference)["liver"]
+    liver = compare_labelmaps(prediction, labels_onto_grid(reference, prediction))["liver"]
     assert liver["dice"] > 0.9
     assert liver["hd"] <= float(np.linalg.norm(ANISOTROPIC))
     assert liver["volume_ref_ml"] == pytest.approx(4 / 3 * math.pi * 12.0**3 / 1000, rel=0.1)

@@ -1,5 +1,5 @@
 """QA of a labelmap: organ volumes against typical adult ranges and laterality in world space,
-on real cases (shared/data) and on synthetic mirrors and boxes."""
+on real cases (the bundled sample, Testing/Data) and on synthetic mirrors and boxes."""
 
 from __future__ import annotations
 
@@ -9,24 +9,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from AbdoSegLib.analysis.qa import TYPICAL_VOLUME_ML, qa_report
+from AbdoSegLib.analysis.summary import organ_measurements
 from AbdoSegLib.image import Image
 from AbdoSegLib.io.image_files import read_image
 from AbdoSegLib.organs import ORGAN_NAMES, organ_by_name
-from AbdoSegLib.analysis.qa import TYPICAL_VOLUME_ML, qa_report
+from AbdoSegLib.resources import SAMPLE_CT, SAMPLE_REFERENCE
 
 LIVER, RIGHT_KIDNEY, LEFT_KIDNEY, SPLEEN = (organ_by_name(n).label for n in ("liver", "right_kidney", "left_kidney", "spleen"))
 
 
 @pytest.fixture(scope="module")
-def ts_labels(data_dir: Path) -> Image:
+def ts_labels() -> Image:
     """ts_example's labels: correct anatomy, all four organs, RAS voxel order, 3 mm."""
-    return read_image(data_dir / "ts_example" / "label.nii.gz")
+    return read_image(SAMPLE_REFERENCE)
 
 
 @pytest.fixture(scope="module")
-def msd_labels(data_dir: Path) -> Image:
+def msd_labels(test_data: Path) -> Image:
     """msd_spleen_8's label: only a spleen, mirrored in world space by its header (it lies on the patient's right)."""
-    return read_image(data_dir / "msd_spleen_8" / "label.nii.gz")
+    return read_image(test_data / "msd_spleen_8" / "label.nii.gz")
 
 
 def laterality_warnings(report: dict) -> list[str]:
@@ -40,8 +42,8 @@ def test_ras_x_grows_towards_the_patients_right_on_real_anatomy(ts_labels):
     assert centroids["right_kidney"][0] > 0 > centroids["left_kidney"][0]
 
 
-def test_correct_anatomy_passes_without_any_warning(ts_labels, data_dir):
-    for ct in (None, read_image(data_dir / "ts_example" / "ct.nii.gz")):
+def test_correct_anatomy_passes_without_any_warning(ts_labels):
+    for ct in (None, read_image(SAMPLE_CT)):
         report = qa_report(ts_labels, ct)
         assert report["warnings"] == []
         laterality = report["laterality"]
@@ -63,8 +65,24 @@ def test_volumes_are_reported_against_the_typical_ranges(ts_labels):
         assert entry["typical_range_ml"] == list(TYPICAL_VOLUME_ML[name])
 
 
-def test_a_spleen_mirrored_by_its_header_is_flagged_against_the_midline(msd_labels, data_dir):
-    for ct in (None, read_image(data_dir / "msd_spleen_8" / "ct.nii.gz")):
+def test_the_summarys_measurements_are_the_volumes_judged(ts_labels):
+    ct = read_image(SAMPLE_CT)
+    measurements = organ_measurements(ts_labels, ct)
+    report = qa_report(ts_labels, ct, measurements)
+    assert report == qa_report(ts_labels, ct)  # the numbers the QA would count itself
+    assert {name: entry["volume_ml"] for name, entry in report["volumes"].items()} == {
+        name: entry["volume_ml"] for name, entry in measurements.items()
+    }
+    # Taken as given, not counted again: a liver measured at 3000 mL is judged at 3000 mL.
+    large_liver = {**measurements, "liver": {**measurements["liver"], "volume_ml": 3000.0}}
+    report = qa_report(ts_labels, ct, large_liver)
+    assert report["volumes"]["liver"]["volume_ml"] == 3000.0 and report["volumes"]["liver"]["within"] is False
+    (warning,) = report["warnings"]
+    assert warning.startswith("The liver volume, 3000 mL, is outside the typical adult range of 800-2500 mL")
+
+
+def test_a_spleen_mirrored_by_its_header_is_flagged_against_the_midline(msd_labels, test_data):
+    for ct in (None, read_image(test_data / "msd_spleen_8" / "ct.nii.gz")):
         report = qa_report(msd_labels, ct)
         laterality = report["laterality"]
         assert laterality["ok"] is False

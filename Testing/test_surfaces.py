@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import slicerio
-from test_cli import assert_refused, run_cli
 from vtkmodules.util.numpy_support import vtk_to_numpy
 from vtkmodules.vtkFiltersCore import vtkFeatureEdges, vtkMassProperties
 from vtkmodules.vtkIOGeometry import vtkOBJReader, vtkSTLReader
@@ -18,11 +17,12 @@ from AbdoSegLib.cli import main
 from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.image import Image
 from AbdoSegLib.io.image_files import read_image, write_image
-from AbdoSegLib.surfaces.mesh_files import FORMATS
+from AbdoSegLib.io.seg_nrrd import write_segmentation
 from AbdoSegLib.organs import ORGANS, organ_by_name
 from AbdoSegLib.resources import SAMPLE_CT, SAMPLE_REFERENCE
-from AbdoSegLib.io.seg_nrrd import write_segmentation
 from AbdoSegLib.surfaces.meshes import export_surfaces, organ_surfaces
+from AbdoSegLib.surfaces.options import FORMATS
+from test_cli import assert_refused, run_cli
 
 READERS = {"stl": vtkSTLReader, "obj": vtkOBJReader, "ply": vtkPLYReader, "vtp": vtkXMLPolyDataReader}
 LIVER, SPLEEN = organ_by_name("liver"), organ_by_name("spleen")

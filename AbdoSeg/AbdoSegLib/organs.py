@@ -7,6 +7,7 @@ that 3D Slicer uses for segmentations (category SCT 123037004 "Anatomical Struct
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 BACKGROUND = 0
@@ -92,6 +93,20 @@ def organ_by_name(name: str) -> Organ:
         if organ.name == name:
             return organ
     raise KeyError(f"no organ called {name!r}; the organs are {', '.join(ORGAN_NAMES)}")
+
+
+def organ_from_name(name: str) -> Organ | None:
+    """The organ a structure name denotes, or None: the organ's title or machine name in any case,
+    word order and separator ('Right kidney', 'right_kidney', 'kidney_right', 'RIGHT KIDNEY').
+
+    The one name matcher of AbdoSeg: Slicer segments, .seg.nrrd segments and training label tables alike.
+    """
+    words = _words(name)
+    return next((organ for organ in ORGANS if words in (_words(organ.name), _words(organ.title))), None)
+
+
+def _words(name: str) -> frozenset[str]:
+    return frozenset(re.split(r"[\s_\-]+", name.strip().lower())) - {""}
 
 
 def label_table() -> list[dict]:

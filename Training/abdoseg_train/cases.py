@@ -27,8 +27,8 @@ import numpy as np
 from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.image import Image
 from AbdoSegLib.io.image_files import read_image
-from AbdoSegLib.io.labelmaps import organ_from_name, read_labels
-from AbdoSegLib.organs import ORGAN_NAMES, ORGANS, organ_by_name
+from AbdoSegLib.io.labelmaps import read_labels
+from AbdoSegLib.organs import ORGAN_NAMES, ORGANS, organ_by_name, organ_from_name
 
 CT_NAMES = ("ct.nii.gz", "ct.nii", "ct.nrrd", "dicom")
 LABEL_NAMES = ("label.nii.gz", "label.nii", "label.nrrd")

@@ -12,6 +12,10 @@ outside voxels, each weighted by its marching-cubes surface area (mm^2). Then
   the other surface (FLARE22's tolerances by default, ``NSD_TOLERANCE_MM``);
 - dice: volumetric Dice; volumes in mL and their difference (prediction - reference).
 
+Both labelmaps must lie on one grid (``require_one_grid``): a reference on another grid is
+resampled once, where it enters (``io.regrid.labels_onto_grid`` in ``abdoseg compare`` and in
+training evaluation; Slicer's export onto one volume in the scene comparison), never here.
+
 Distances are in mm in world space. Empty masks are explicit (``status``): both empty ->
 every comparison metric is None (not applicable; the volumes are 0.0); one empty -> dice 0,
 nsd 0 and the distances ``float('inf')`` (the worst case). ``jsonable`` writes infinity as
@@ -35,7 +39,6 @@ from scipy.spatial import cKDTree
 
 from ..image import Image, bounding_boxes
 from ..organs import ORGANS
-from ..io.regrid import labels_onto_grid
 
 # FLARE22's NSD tolerances (mm), from the challenge's evaluation script
 # (github.com/JunMa11/FLARE, FLARE22/Evaluation/FLARE22_DSC_NSD_Eval.py): Liver 5, RK 3, LK 3, Spleen 3.
@@ -63,15 +66,28 @@ def dice(prediction: np.ndarray, reference: np.ndarray) -> float | None:
 
 
 def dice_per_organ(prediction: np.ndarray, reference: np.ndarray) -> dict[str, float | None]:
-    """{organ name: Dice} for two uint8 labelmaps of one shape."""
+    """{organ name: Dice} for two uint8 labelmaps of one shape (voxel for voxel: one grid)."""
+    if prediction.shape != reference.shape:
+        raise ValueError(f"the labelmaps must lie on one grid, but their shapes differ: {prediction.shape} and {reference.shape}")
     return {organ.name: dice(prediction == organ.label, reference == organ.label) for organ in ORGANS}
 
 
-def compare_labelmaps(prediction: Image, reference: Image, tolerances: dict[str, float] | None = None) -> dict[str, dict]:
-    """Per-organ metrics of a predicted labelmap against a reference labelmap.
+def require_one_grid(prediction: Image, reference: Image) -> None:
+    """Raise ValueError, naming the difference, unless both images lie on one grid (``Image.same_grid``: shape and affine)."""
+    if prediction.same_grid(reference):
+        return
+    if prediction.shape != reference.shape:
+        difference = f"their shapes differ: {prediction.shape} and {reference.shape}"
+    else:
+        difference = f"their voxel-to-world affines differ (by {np.abs(prediction.affine - reference.affine).max():.4g} at most, entry by entry)"
+    raise ValueError(f"the labelmaps must lie on one grid, but {difference}; resample the reference onto the prediction first (io.regrid.labels_onto_grid)")
 
-    prediction: integer organ ids (organs.py), shape (I, J, K). reference: the same ids on any
-    grid; it is resampled onto the prediction's grid by world position (nearest neighbour).
+
+def compare_labelmaps(prediction: Image, reference: Image, tolerances: dict[str, float] | None = None) -> dict[str, dict]:
+    """Per-organ metrics of a predicted labelmap against a reference labelmap on the same grid.
+
+    prediction, reference: integer organ ids (organs.py), shape (I, J, K), one grid (shape and
+    affine, ``require_one_grid``: a ValueError otherwise).
     tolerances: NSD tolerance in mm per organ name, overriding ``NSD_TOLERANCE_MM``.
 
     Returns {organ name: {"status", "dice", "nsd", "nsd_tolerance_mm", "hd", "hd95", "assd"
@@ -83,7 +99,7 @@ def compare_labelmaps(prediction: Image, reference: Image, tolerances: dict[str,
     tolerance_mm = {**NSD_TOLERANCE_MM, **(tolerances or {})}
     if not np.issubdtype(prediction.array.dtype, np.integer):
         raise ValueError(f"the prediction must hold integer organ ids, not {prediction.array.dtype}")
-    reference = labels_onto_grid(reference, prediction)
+    require_one_grid(prediction, reference)
     pred_boxes = bounding_boxes(prediction.array)
     ref_boxes = bounding_boxes(reference.array)
     return {

@@ -35,8 +35,12 @@ BODY_HU = -500.0
 """CT voxels above this HU are the body (and the table) when the CT gives the midline."""
 
 
-def qa_report(labels: Image, ct: Image | None = None) -> dict:
+def qa_report(labels: Image, ct: Image | None = None, measurements: dict[str, dict] | None = None) -> dict:
     """Volumes and laterality of a labelmap (integer organ ids, shape (I, J, K)).
+
+    measurements: ``summary.organ_measurements(labels, ct)`` when the caller has it already:
+    its ``volume_ml`` are the volumes judged and reported (so that a summary states each volume
+    once, and the voxels are not counted again); without it the organs' voxels are counted here.
 
     For each pair of ``LATERALITY_PAIRS`` whose organs are both present, the right-side organ's
     centroid must lie at a larger world x (further to the patient's right) than the left-side
@@ -52,10 +56,12 @@ def qa_report(labels: Image, ct: Image | None = None) -> dict:
     boxes = bounding_boxes(labels.array)
     volumes, centroids, warnings = {}, {}, []
     for organ in ORGANS:
-        box = boxes[organ.label - 1] if organ.label <= len(boxes) else None
+        box = boxes[organ.label - 1] if organ.label <= len(boxes) else None  # None: no voxel of the organ
         mask = labels.array[box] == organ.label if box is not None else None
-        voxels = int(np.count_nonzero(mask)) if mask is not None else 0
-        volume_ml = voxels * labels.voxel_volume_ml
+        if measurements is not None:
+            volume_ml = float(measurements[organ.name]["volume_ml"])
+        else:
+            volume_ml = int(np.count_nonzero(mask)) * labels.voxel_volume_ml if box is not None else 0.0
         low, high = TYPICAL_VOLUME_ML[organ.name]
         touches_edge = box is not None and any(s.start == 0 or s.stop == n for s, n in zip(box, labels.shape))
         volumes[organ.name] = {
@@ -64,8 +70,8 @@ def qa_report(labels: Image, ct: Image | None = None) -> dict:
             "within": low <= volume_ml <= high,
             "touches_edge": touches_edge,
         }
-        centroids[organ.name] = _centroid_ras(mask, tuple(s.start for s in box), labels.affine) if voxels else None
-        if not voxels:
+        centroids[organ.name] = _centroid_ras(mask, tuple(s.start for s in box), labels.affine) if box is not None else None
+        if box is None:
             warnings.append(f"No {organ.title.lower()} was found.")
         elif not low <= volume_ml <= high:
             edge = "; it touches the edge of the image, so it may be only partly in the field of view" if touches_edge else ""

@@ -6,8 +6,9 @@ PRED and REF are NIfTI / NRRD labelmaps or Slicer ``.seg.nrrd`` segmentations. P
 AbdoSeg's organ ids; REF too, unless ``--map`` says how its ids become ours: a preset
 (``PRESETS``) or ``"5:1,2:2,3:3,1:4"`` (their id : our id or organ name); their ids not in the
 map become background. In a .seg.nrrd, segments are matched to organs by terminology (type and
-modifier codes) or, failing that, by name. REF may lie on another grid: it is resampled onto
-PRED's by world position (nearest neighbour).
+modifier codes) or, failing that, by name (``organs.organ_from_name``). REF may lie on another
+grid: it is resampled onto PRED's by world position (nearest neighbour), here and only here (the
+metrics take two labelmaps on one grid).
 
 Prints a table and writes, if asked, JSON ``{organ: {metric: value}}`` and CSV (one row per
 organ). Distances are in mm. A distance involving an organ found on one side only is infinite:
@@ -22,8 +23,8 @@ import csv
 import json
 from pathlib import Path
 
-from ..io.atomic import atomic_path
 from ..errors import AbdoSegError
+from ..io.atomic import atomic_path
 from ..io.image_files import read_image
 from ..io.labelmaps import PRESETS, parse_mapping, read_labels
 from ..io.regrid import labels_onto_grid

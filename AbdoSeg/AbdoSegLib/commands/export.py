@@ -2,7 +2,8 @@
 
 LABELS is a labelmap (NIfTI, NRRD: 0 background, 1 liver, 2 right kidney, 3 left kidney,
 4 spleen) or a Slicer segmentation (.seg.nrrd), whose segments are matched to the organs by
-name (the organ's title or machine name, any case).
+terminology or name (``io.labelmaps.read_labels``). Formats, coordinates and the smoothing and
+decimation defaults are those of ``surfaces.options``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from ..io.atomic import atomic_directory
 from ..io.labelmaps import read_labels
-from ..surfaces.options import DECIMATION_FACTOR, FORMATS, SMOOTHING_FACTOR
+from ..surfaces.options import COORDINATES, DECIMATION_FACTOR, DEFAULT_COORDINATES, FORMATS, SMOOTHING_FACTOR
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -20,17 +21,24 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument("labels", type=Path, help="labelmap (.nii.gz, .nrrd; organ ids 0-4) or Slicer segmentation (.seg.nrrd)")
     export.add_argument("-o", "--output", type=Path, required=True, help="output folder (created; must not exist unless --force)")
     export.add_argument("--format", choices=FORMATS, default="stl", help="surface file format (default: stl)")
-    space = export.add_mutually_exclusive_group()
-    space.add_argument("--lps", dest="coordinates", action="store_const", const="lps",
-                       help="LPS coordinates, as 3D Slicer exports surfaces (default)")
-    space.add_argument("--ras", dest="coordinates", action="store_const", const="ras", help="RAS coordinates")
+    add_coordinate_options(export)
     export.add_argument("--merge", action="store_true", help="one file holding every organ instead of one file per organ")
     export.add_argument("--smoothing", type=float, default=SMOOTHING_FACTOR,
                         help=f"smoothing factor, 0 (none) to 1 (strong), as in 3D Slicer (default: {SMOOTHING_FACTOR})")
     export.add_argument("--decimation", type=float, default=DECIMATION_FACTOR,
                         help=f"decimation factor, 0 (none) to 1 (fewest triangles), as in 3D Slicer (default: {DECIMATION_FACTOR})")
     export.add_argument("--force", action="store_true", help="replace an existing output folder")
-    export.set_defaults(run=run_export, coordinates="lps")
+    export.set_defaults(run=run_export)
+
+
+def add_coordinate_options(parser: argparse.ArgumentParser) -> None:
+    """``--lps`` / ``--ras``: the surfaces' world coordinates (``COORDINATES``), in ``args.coordinates``."""
+    space = parser.add_mutually_exclusive_group()
+    for coordinates in COORDINATES:
+        default = ", as 3D Slicer exports surfaces (default)" if coordinates == DEFAULT_COORDINATES else ""
+        space.add_argument(f"--{coordinates}", dest="coordinates", action="store_const", const=coordinates,
+                           help=f"surface points in {coordinates.upper()} coordinates (mm){default}")
+    parser.set_defaults(coordinates=DEFAULT_COORDINATES)
 
 
 def run_export(args: argparse.Namespace) -> None:

@@ -1,6 +1,7 @@
 """``abdoseg segment CT -o OUTDIR``: segment a CT and write labels, a Slicer segmentation and a summary.
 
-Optionally, in the same run: organ surfaces (``--surfaces stl``) and a picture (``--png``).
+Optionally, in the same run: organ surfaces (``--surfaces stl``) and a picture (``--png``); the Slicer
+segmentation can be left out (``--no-seg-nrrd``). File and stage names: ``AbdoSegLib.outputs``.
 """
 
 from __future__ import annotations
@@ -11,23 +12,19 @@ import time
 from pathlib import Path
 
 from .. import __version__
-from ..io.atomic import atomic_directory, atomic_path
-from ..model.bundle import load_bundle
 from ..analysis.ctcheck import check_ct
-from ..io.image_files import read_image, write_image
-from ..inference.predict import segment
-from ..progress import make_progress
 from ..analysis.qa import qa_report
-from ..resources import DEFAULT_BUNDLE
-from ..io.seg_nrrd import write_segmentation
 from ..analysis.summary import organ_measurements
+from ..inference.predict import segment
+from ..io.atomic import atomic_directory, atomic_path
+from ..io.image_files import read_image, write_image
+from ..io.seg_nrrd import write_segmentation
+from ..model.bundle import load_bundle
+from ..outputs import DONE, LABELS_FILE, PICTURE, PREVIEW_FILE, READ, SEGMENTATION_FILE, SUMMARY_FILE, SURFACES, SURFACES_FOLDER, WRITE
+from ..progress import make_progress
+from ..resources import DEFAULT_BUNDLE
 from ..surfaces.options import FORMATS
-
-LABELS_FILE = "labels.nii.gz"
-SEGMENTATION_FILE = "segmentation.seg.nrrd"
-SUMMARY_FILE = "summary.json"
-PREVIEW_FILE = "preview.png"
-SURFACES_FOLDER = "surfaces"
+from .export import add_coordinate_options
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -39,13 +36,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     seg.add_argument("--progress", choices=["auto", "bar", "json", "none"], default="auto",
                      help="a bar on a terminal (auto), JSON lines for programs (json), or nothing")
     seg.add_argument("--surfaces", choices=FORMATS, help="also write organ surfaces in this format into OUTDIR/surfaces/")
-    space = seg.add_mutually_exclusive_group()
-    space.add_argument("--lps", dest="coordinates", action="store_const", const="lps", help="surfaces in LPS (Slicer's export default)")
-    space.add_argument("--ras", dest="coordinates", action="store_const", const="ras", help="surfaces in RAS")
+    add_coordinate_options(seg)
     seg.add_argument("--merge", action="store_true", help="all organs in one surface file")
     seg.add_argument("--png", action="store_true", help=f"also write a picture of the result ({PREVIEW_FILE})")
+    seg.add_argument("--no-seg-nrrd", dest="seg_nrrd", action="store_false",
+                     help=f"do not write {SEGMENTATION_FILE} (for programs that build their own segmentation from the labels)")
     seg.add_argument("--force", action="store_true", help="replace an existing output folder")
-    seg.set_defaults(run=run_segment, coordinates="lps")
+    seg.set_defaults(run=run_segment)
 
 
 def run_segment(args: argparse.Namespace) -> None:
@@ -57,7 +54,7 @@ def run_segment(args: argparse.Namespace) -> None:
         timings["load_model"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        progress("read", 0.0, f"reading {args.ct}")
+        progress(READ, 0.0, f"reading {args.ct}")
         ct = read_image(args.ct)
         check_ct(ct, str(args.ct))
         timings["read"] = time.perf_counter() - start
@@ -66,11 +63,12 @@ def run_segment(args: argparse.Namespace) -> None:
         timings.update(prediction.timings_s)
 
         start = time.perf_counter()
-        progress("write", 0.0, f"writing {args.output}")
+        progress(WRITE, 0.0, f"writing {args.output}")
         write_image(prediction.labels, staging / LABELS_FILE)
-        write_segmentation(prediction.labels, staging / SEGMENTATION_FILE)
+        if args.seg_nrrd:
+            write_segmentation(prediction.labels, staging / SEGMENTATION_FILE)
         organs = organ_measurements(prediction.labels, ct)
-        qa = qa_report(prediction.labels, ct)
+        qa = qa_report(prediction.labels, ct, organs)
         timings["write"] = time.perf_counter() - start
         if args.surfaces:
             from ..surfaces.meshes import (
@@ -78,7 +76,7 @@ def run_segment(args: argparse.Namespace) -> None:
             )
 
             start = time.perf_counter()
-            progress("surfaces", 0.0, f"building {args.surfaces.upper()} surfaces")
+            progress(SURFACES, 0.0, f"building {args.surfaces.upper()} surfaces")
             export_surfaces(prediction.labels, staging / SURFACES_FOLDER, args.surfaces, args.coordinates, args.merge)
             timings["surfaces"] = time.perf_counter() - start
         if args.png:
@@ -86,7 +84,7 @@ def run_segment(args: argparse.Namespace) -> None:
             from ..surfaces.preview import render_preview
 
             start = time.perf_counter()
-            progress("picture", 0.0, "drawing the picture")
+            progress(PICTURE, 0.0, "drawing the picture")
             render_preview(ct, prediction.labels, staging / PREVIEW_FILE)
             timings["picture"] = time.perf_counter() - start
         timings["total"] = sum(timings.values())
@@ -102,7 +100,7 @@ def run_segment(args: argparse.Namespace) -> None:
         }
         with atomic_path(staging / SUMMARY_FILE) as temporary:
             temporary.write_text(json.dumps(summary, indent=2) + "\n")
-        progress("done", 1.0, f"wrote {args.output}")
+        progress(DONE, 1.0, f"wrote {args.output}")
     progress.close()
     if args.progress != "json":
         print_organs(organs, qa["warnings"], args.output)

@@ -18,8 +18,8 @@ from slicerio.segmentation import segments_from_terminology
 
 from ..errors import AbdoSegError
 from ..image import Image
+from ..organs import BACKGROUND, NUM_CLASSES, ORGANS, Organ, organ_by_name, organ_from_name
 from .image_files import LPS_TO_RAS, first_line, read_image
-from ..organs import BACKGROUND, NUM_CLASSES, ORGANS, Organ, organ_by_name
 
 SEGMENTATION_SUFFIX = ".seg.nrrd"
 
@@ -145,24 +145,12 @@ def read_segmentation(path: Path) -> Image:
     return Image(labels, LPS_TO_RAS @ np.asarray(segmentation["ijkToLPS"], dtype=np.float64))
 
 
-def _matching_segments(segmentation: dict, organ) -> list[dict]:
-    """The segments that are ``organ``: by terminology (type and modifier codes), else by name (any word order and case)."""
+def _matching_segments(segmentation: dict, organ: Organ) -> list[dict]:
+    """The segments that are ``organ``: by terminology (type and modifier codes), else by name (``organ_from_name``)."""
     by_terminology = segments_from_terminology(segmentation, organ.terminology)
     if by_terminology:
         return by_terminology
-    names = {_name_key(organ.name), _name_key(organ.title)}
-    return [segment for segment in segmentation.get("segments", []) if _name_key(segment.get("name", "")) in names]
-
-
-def _name_key(name: str) -> frozenset[str]:
-    """'Right kidney', 'right_kidney' and 'kidney_right' give the same key."""
-    return frozenset(re.split(r"[\s_\-]+", name.strip().lower())) - {""}
-
-
-def organ_from_name(name: str) -> Organ | None:
-    """The organ a structure name denotes ('Right kidney', 'kidney_right', 'liver'), or None."""
-    key = _name_key(name)
-    return next((organ for organ in ORGANS if key in (_name_key(organ.name), _name_key(organ.title))), None)
+    return [segment for segment in segmentation.get("segments", []) if organ_from_name(segment.get("name", "")) == organ]
 
 
 def _some(ids: list[int], most: int = 8) -> str:

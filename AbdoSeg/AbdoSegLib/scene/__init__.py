@@ -15,23 +15,25 @@ Axis order: an engine ``Image`` holds ``array[i, j, k]``; Slicer's image data (a
 ``slicer.util.arrayFromVolume``) is ``[k, j, i]``; the conversion happens only in
 ``volumes.image_from_volume`` and ``segmentations._oriented_image``. World coordinates are RAS millimetres, as in
 Slicer's scene; surface files are written in LPS (Slicer's default) or RAS, as asked.
+
+The export formats and the smoothing factor's default are the engine's, in
+``AbdoSegLib.surfaces.options`` (``SCENE_FORMATS``, ``COORDINATES``, ``SMOOTHING_FACTOR``).
 """
 
 from .comparison import METRICS_COLUMNS, compare_segmentations, metrics_table
-from .export import SURFACE_FORMATS, export_surfaces
+from .export import export_surfaces
 from .segmentations import (
     SEGMENTATION_NAME,
-    SMOOTHING_FACTOR,
     create_closed_surfaces,
     labelmap_from_segments,
     organ_segments,
     register_converter_rules,
     segmentation_from_labelmap,
 )
-from .volumes import image_from_volume, load_volume, write_volume
+from .volumes import image_from_volume, write_volume
 
 __all__ = [
-    "METRICS_COLUMNS", "SEGMENTATION_NAME", "SMOOTHING_FACTOR", "SURFACE_FORMATS", "compare_segmentations",
-    "create_closed_surfaces", "export_surfaces", "image_from_volume", "labelmap_from_segments", "load_volume",
+    "METRICS_COLUMNS", "SEGMENTATION_NAME", "compare_segmentations",
+    "create_closed_surfaces", "export_surfaces", "image_from_volume", "labelmap_from_segments",
     "metrics_table", "organ_segments", "register_converter_rules", "segmentation_from_labelmap", "write_volume",
 ]

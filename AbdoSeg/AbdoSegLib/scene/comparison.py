@@ -12,7 +12,6 @@ from ..organs import ORGANS, organ_by_name
 from .segmentations import labelmap_from_segments, organ_segments
 from .volumes import remove_volume_node
 
-
 METRICS_COLUMNS: tuple[tuple[str, str | None, str], ...] = (
     ("Organ", None, ""),
     ("Dice", "dice", ""),

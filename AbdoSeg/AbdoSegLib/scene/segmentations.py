@@ -11,16 +11,12 @@ from vtkmodules.util.numpy_support import numpy_to_vtk
 
 from ..errors import AbdoSegError
 from ..image import Image
-from ..organs import BACKGROUND, ORGANS, Organ
+from ..organs import BACKGROUND, ORGANS, Organ, organ_from_name
+from ..surfaces.options import SMOOTHING_FACTOR
 from .volumes import array_from_matrix, image_from_volume, remove_volume_node, scene_of
-
 
 SEGMENTATION_NAME = "AbdoSeg"
 """Default name of the segmentation node made from a labelmap."""
-
-
-SMOOTHING_FACTOR = 0.5
-"""Slicer's default "Smoothing factor" of the labelmap-to-surface conversion (0 none .. 1 strong)."""
 
 
 _CONVERTER_RULES = (
@@ -160,8 +156,9 @@ def organ_segments(segmentation_node) -> dict[str, str]:
 
     A segment is an organ when its terminology has the organ's type and type modifier codes
     (and category), as in Slicer's terminology matching; failing that, when its name is the
-    organ's title or machine name (any case; "_" and spaces alike). Each segment counts for one
-    organ at most; organs without a matching segment are left out.
+    organ's title or machine name in any case, word order and separator (``organ_from_name``,
+    as ``abdoseg compare`` matches .seg.nrrd segments). Each segment counts for one organ at
+    most; organs without a matching segment are left out.
     """
     from slicerio.segmentation import (
         terminology_entry_from_string,
@@ -191,8 +188,7 @@ def organ_segments(segmentation_node) -> dict[str, str]:
         return test
 
     def same_name(organ: Organ):
-        names = {_name_key(organ.title), _name_key(organ.name)}
-        return lambda segment: _name_key(segment.GetName() or "") in names
+        return lambda segment: organ_from_name(segment.GetName() or "") == organ
 
     for organ in ORGANS:
         take(organ, same_terminology(organ))
@@ -261,7 +257,3 @@ def _oriented_image(labels: Image):
             matrix.SetElement(row, column, float(labels.affine[row, column]))
     image.SetImageToWorldMatrix(matrix)
     return image
-
-
-def _name_key(name: str) -> str:
-    return " ".join(name.replace("_", " ").lower().split())

@@ -13,28 +13,6 @@ from ..errors import AbdoSegError
 from ..image import Image
 
 
-def load_volume(scene, path: str | Path, name: str | None = None):
-    """Read a volume file (NIfTI, NRRD, ... anything ITK reads) into a new scalar volume node.
-
-    Uses a ``vtkMRMLVolumeArchetypeStorageNode``, as Slicer's own loader does, and returns the
-    ``vtkMRMLScalarVolumeNode`` (no display node: in the application use
-    ``slicer.util.loadVolume``, which also sets up the views). Raises AbdoSegError when the file
-    cannot be read.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise AbdoSegError(f"{path} does not exist.")
-    storage_node = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-    storage_node.SetFileName(str(path))
-    volume_node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or _stem(path))
-    volume_node.SetAndObserveStorageNodeID(storage_node.GetID())
-    if not storage_node.ReadData(volume_node) or volume_node.GetImageData() is None:
-        scene.RemoveNode(volume_node)
-        scene.RemoveNode(storage_node)
-        raise AbdoSegError(f"{path} could not be read as a volume.")
-    return volume_node
-
-
 def write_volume(volume_node, path: str | Path, compress: bool = False) -> Path:
     """Write a volume node's voxels and geometry (IJK to RAS, without any parent transform) to ``path``.
 
@@ -103,11 +81,3 @@ def remove_volume_node(volume_node) -> None:
     if volume_node.GetStorageNode() is not None:
         scene.RemoveNode(volume_node.GetStorageNode())
     scene.RemoveNode(volume_node)
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".seg.nrrd"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem

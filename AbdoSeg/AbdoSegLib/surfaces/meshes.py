@@ -37,11 +37,9 @@ from vtkmodules.vtkFiltersGeneral import vtkDiscreteFlyingEdges3D
 from ..errors import AbdoSegError
 from ..image import Image, bounding_boxes
 from ..io.image_files import LPS_TO_RAS
-from .mesh_files import write_meshes
 from ..organs import ORGANS, Organ
-from .options import DECIMATION_FACTOR, FORMATS, SMOOTHING_FACTOR
-
-COORDINATES = ("lps", "ras")
+from .mesh_files import write_meshes
+from .options import COORDINATES, DECIMATION_FACTOR, DEFAULT_COORDINATES, FORMATS, SMOOTHING_FACTOR
 
 MERGED_NAME = "organs"
 """File stem of the one file that holds every organ (``merge=True``)."""
@@ -95,7 +93,7 @@ def export_surfaces(
     labels: Image,
     folder: str | Path,
     fmt: str = "stl",
-    coordinates: str = "lps",
+    coordinates: str = DEFAULT_COORDINATES,
     merge: bool = False,
     smoothing: float = SMOOTHING_FACTOR,
     decimation: float = DECIMATION_FACTOR,

@@ -39,12 +39,12 @@ from vtkmodules.vtkRenderingCore import (  # noqa: E402
     vtkWindowToImageFilter,
 )
 
-from ..io.atomic import atomic_path  # noqa: E402
 from ..errors import AbdoSegError  # noqa: E402
 from ..image import Image  # noqa: E402
-from ..organs import ORGANS  # noqa: E402
-from ..model.preprocessing import canonical  # noqa: E402
+from ..io.atomic import atomic_path  # noqa: E402
 from ..io.regrid import labels_onto_grid  # noqa: E402
+from ..model.preprocessing import canonical  # noqa: E402
+from ..organs import ORGANS  # noqa: E402
 from .meshes import organ_boxes, organ_surfaces  # noqa: E402
 
 PANEL = 400
