@@ -15,25 +15,27 @@ import numpy as np
 import pytest
 import torch
 
-from AbdoSegLib.model.bundle import load_bundle
-from AbdoSegLib.cli import main as abdoseg
-from AbdoSegLib.commands.segment import LABELS_FILE
-from AbdoSegLib.errors import AbdoSegError
-from AbdoSegLib.io.image_files import read_image
-from AbdoSegLib.io.labelmaps import parse_mapping
-from AbdoSegLib.organs import NUM_CLASSES
-from AbdoSegLib.model.preprocessing import PAD_VALUE
-from AbdoSegLib.resources import SAMPLE_CT, SAMPLE_REFERENCE
 from abdoseg_train import fit as fit_module
 from abdoseg_train.augment import Augmenter, cut_field_of_view, flip_left_right, random_crop, swap_labelled
 from abdoseg_train.cases import discover_cases
 from abdoseg_train.checkpoint import load_checkpoint, save_checkpoint
 from abdoseg_train.cli import main as train_main
 from abdoseg_train.draw import draw_case
+from abdoseg_train.evaluation import score_cases
 from abdoseg_train.fit import TrainConfig, fit
+from abdoseg_train.logs import TrainingLog
 from abdoseg_train.losses import class_mask, marginal_probabilities, partial_dice_ce_loss
 from abdoseg_train.patches import epoch_batches
 from abdoseg_train.prepared import PreparedCase
+from AbdoSegLib.cli import main as abdoseg
+from AbdoSegLib.commands.segment import LABELS_FILE
+from AbdoSegLib.errors import AbdoSegError
+from AbdoSegLib.io.image_files import read_image
+from AbdoSegLib.io.labelmaps import parse_mapping
+from AbdoSegLib.model.bundle import load_bundle
+from AbdoSegLib.model.preprocessing import PAD_VALUE
+from AbdoSegLib.organs import NUM_CLASSES, ORGANS
+from AbdoSegLib.resources import SAMPLE_CT, SAMPLE_REFERENCE
 
 
 def test_flip_swaps_kidney_labels_and_mirrors_the_image():
@@ -217,6 +219,14 @@ def test_training_writes_its_log_and_export_rebuilds_the_bundle_from_the_checkpo
     assert best.metadata["training"]["workers"] == 2
 
 
+def test_training_without_tensorboard_is_refused_in_one_sentence(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if the train extra were not installed
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(AbdoSegError, match=r"TensorBoard, which is not installed; install it with pip install 'abdoseg\[train\]'"):
+        TrainingLog(tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_epochs_batches_depend_on_the_epoch_and_come_from_the_workers_in_turn():
     """The stream of an epoch is the same each time it is read; another epoch's differs; with two
     workers, batches 0 and 2 are the first two of worker 0, whose stream is the single-process one."""
@@ -318,9 +328,16 @@ def _to_ids(labels: np.ndarray, ours_to_theirs: dict[int, int]) -> np.ndarray:
     return out
 
 
-def test_dataset_layouts_map_labels_to_abdoseg_ids(tmp_path):
+@pytest.fixture(scope="module")
+def dataset_layouts(tmp_path_factory) -> tuple[np.ndarray, dict[tuple[Path, str | None], tuple[int, ...]]]:
+    """One crop of the sample (all four organs) written in every dataset layout.
+
+    Returns the crop's labels in AbdoSeg ids, shape (I, J, K), and {(root, mapping preset):
+    the organ ids that layout labels}.
+    """
     import SimpleITK as sitk
 
+    tmp_path = tmp_path_factory.mktemp("layouts")
     ct, labels, affine = _sample_arrays()
     save = lambda array, path: nib.save(nib.Nifti1Image(array, affine), str(path))  # noqa: E731
     # nnU-Net v2: FLARE22 ids (liver 1, right kidney 2, spleen 3, left kidney 13), names in dataset.json.
@@ -329,7 +346,8 @@ def test_dataset_layouts_map_labels_to_abdoseg_ids(tmp_path):
     (nnunet / "labelsTr").mkdir()
     save(ct, nnunet / "imagesTr" / "FLARE_001_0000.nii.gz")
     save(_to_ids(labels, {1: 1, 2: 2, 3: 13, 4: 3}), nnunet / "labelsTr" / "FLARE_001.nii.gz")
-    (nnunet / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "right kidney": 2, "spleen": 3, "pancreas": 4, "left kidney": 13}}))
+    nnunet_names = {"background": 0, "liver": 1, "right kidney": 2, "spleen": 3, "pancreas": 4, "left kidney": 13}
+    (nnunet / "dataset.json").write_text(json.dumps({"labels": nnunet_names}))
     # Decathlon Task09: spleen only, labels {id: name}.
     decathlon = tmp_path / "Task09_Spleen"
     (decathlon / "imagesTr").mkdir(parents=True)
@@ -343,6 +361,12 @@ def test_dataset_layouts_map_labels_to_abdoseg_ids(tmp_path):
     (pairs / "labels").mkdir()
     save(ct, pairs / "images" / "img0001.nii.gz")
     save(_to_ids(labels, {1: 6, 2: 2, 3: 3, 4: 1}), pairs / "labels" / "img0001.nii.gz")
+    # AbdoSeg case folder: AbdoSeg ids, case.json names the organs it labels.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    save(ct, plain / "ct.nii.gz")
+    save(np.where(np.isin(labels, (1, 3)), labels, 0).astype(np.uint8), plain / "label.nii.gz")
+    (plain / "case.json").write_text(json.dumps({"labelled": ["liver", "left_kidney"]}))
     # TotalSegmentator subject: one mask per structure, the left kidney missing.
     subjects = tmp_path / "totalseg"
     (subjects / "s0001" / "segmentations").mkdir(parents=True)
@@ -365,13 +389,18 @@ def test_dataset_layouts_map_labels_to_abdoseg_ids(tmp_path):
             writer.SetFileName(str(patients / "p1" / folder / f"{k:03d}.dcm"))
             writer.Execute(sl)
 
-    expected = {
+    return labels, {
         (nnunet, None): (1, 2, 3, 4),
         (decathlon, None): (4,),
         (pairs, "btcv"): (1, 2, 3, 4),
         (subjects, None): (1, 2, 4),
         (patients, None): (1,),
+        (plain, None): (1, 3),
     }
+
+
+def test_dataset_layouts_map_labels_to_abdoseg_ids(dataset_layouts):
+    labels, expected = dataset_layouts
     for (root, preset), labelled in expected.items():
         cases = discover_cases(root, parse_mapping(preset) if preset else None)
         assert len(cases) == 1 and cases[0].labelled == labelled, root.name
@@ -379,6 +408,18 @@ def test_dataset_layouts_map_labels_to_abdoseg_ids(tmp_path):
         want = np.where(np.isin(labels, labelled), labels, 0)
         np.testing.assert_array_equal(np.asarray(loaded), want, err_msg=root.name)
         assert set(np.unique(want)) == {0, *labelled}  # every labelled organ is in the crop
+
+
+def test_evaluate_scores_each_layout_against_its_organs_in_abdoseg_ids(dataset_layouts):
+    """A segmenter that returns the true labels (AbdoSeg ids) scores Dice 1 on exactly the labelled organs."""
+    labels, expected = dataset_layouts
+    for (root, preset), labelled in expected.items():
+        cases = discover_cases(root, parse_mapping(preset) if preset else None)
+        results = score_cases(cases, lambda ct: ct.with_array(labels))
+        assert list(results) == [cases[0].name]
+        scores = results[cases[0].name]
+        assert set(scores) == {organ.name for organ in ORGANS if organ.label in labelled}, root.name
+        assert all(metrics["dice"] == 1.0 and metrics["hd95"] == 0.0 for metrics in scores.values()), (root.name, scores)
 
 
 def test_label_mapping_from_a_config_file(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from torch.utils.tensorboard import SummaryWriter
+from AbdoSegLib.errors import AbdoSegError
 
 
 class TrainingLog:
@@ -18,6 +18,10 @@ class TrainingLog:
     COLUMNS_FIRST = ("epoch", "loss", "learning_rate", "seconds")
 
     def __init__(self, folder: Path):
+        try:  # the train extra installs it; evaluate and export do without
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise AbdoSegError("training logs to TensorBoard, which is not installed; install it with pip install 'abdoseg[train]'.") from None
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.csv_path = self.folder / "log.csv"
