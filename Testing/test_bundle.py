@@ -12,11 +12,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from AbdoSegLib.model.bundle import FORMAT_VERSION, METADATA_KEY, load_bundle, read_metadata, save_bundle
 from AbdoSegLib.errors import AbdoSegError
-from AbdoSegLib.organs import label_table
+from AbdoSegLib.model.bundle import FORMAT_VERSION, METADATA_KEY, load_bundle, read_metadata, save_bundle
 from AbdoSegLib.model.preprocessing import Preprocessing
 from AbdoSegLib.model.vnet import VNet, VNetConfig
+from AbdoSegLib.organs import label_table
 from conftest import TINY_CONFIG, TINY_PATCH, TINY_PREPROCESSING
 
 

@@ -7,12 +7,12 @@ import json
 import pytest
 import vtk
 
-from AbdoSegLib.model.bundle import load_bundle
+from AbdoSegLib.analysis.metrics import dice_per_organ
 from AbdoSegLib.cli import main as abdoseg
 from AbdoSegLib.commands.segment import LABELS_FILE, PREVIEW_FILE, SUMMARY_FILE, SURFACES_FOLDER
 from AbdoSegLib.demo import main as demo
 from AbdoSegLib.io.image_files import read_image
-from AbdoSegLib.analysis.metrics import dice_per_organ
+from AbdoSegLib.model.bundle import load_bundle
 from AbdoSegLib.organs import ORGAN_NAMES, ORGANS
 from AbdoSegLib.resources import DEFAULT_BUNDLE, SAMPLE_CT, SAMPLE_REFERENCE
 

@@ -10,15 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from AbdoSegLib.image import Image
 from AbdoSegLib.inference import predict
 from AbdoSegLib.inference.cleanup import FAT_MAX_HU, clean_labels
-from AbdoSegLib.image import Image
-from AbdoSegLib.organs import NUM_CLASSES
-from AbdoSegLib.model.preprocessing import PAD_VALUE
 from AbdoSegLib.inference.predict import count_windows, infer_probabilities, segment
-from AbdoSegLib.model.preprocessing import canonical, model_grid
 from AbdoSegLib.inference.sliding_window import MIN_WEIGHT, gaussian_weights, window_starts
 from AbdoSegLib.inference.upsampling import labels_on_input_grid
+from AbdoSegLib.model.preprocessing import PAD_VALUE, canonical, model_grid
+from AbdoSegLib.organs import NUM_CLASSES
 from conftest import voxel_world
 
 CPU = torch.device("cpu")

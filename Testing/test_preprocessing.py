@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from AbdoSegLib.model import preprocessing
 from AbdoSegLib.image import Image
+from AbdoSegLib.model import preprocessing
 from AbdoSegLib.model.preprocessing import (
     Preprocessing,
     canonical,

@@ -13,8 +13,8 @@ from PIL import Image as PILImage
 from AbdoSegLib.image import Image
 from AbdoSegLib.io.image_files import read_image
 from AbdoSegLib.organs import organ_by_name
-from AbdoSegLib.surfaces.preview import ALPHA, HU_WINDOW, PANEL, SIZE, render_preview
 from AbdoSegLib.resources import SAMPLE_CT, SAMPLE_REFERENCE
+from AbdoSegLib.surfaces.preview import ALPHA, HU_WINDOW, PANEL, SIZE, render_preview
 
 LIVER, SPLEEN = organ_by_name("liver"), organ_by_name("spleen")
 HU = 40.0  # uniform synthetic CT: every organ pixel has one exact overlay colour

@@ -23,11 +23,11 @@ import argparse
 import platform
 
 import torch
+from pipeline_speed import GRID, SPACING_MM
+from timing import median_time
 
 from AbdoSegLib.inference.predict import infer_probabilities, window_size
 from AbdoSegLib.model.vnet import VNet, VNetConfig
-from pipeline_speed import GRID, SPACING_MM
-from timing import median_time
 
 FIELD_OF_VIEW_MM = tuple(n * s for n, s in zip(GRID, SPACING_MM))  # the scan of pipeline_speed.py
 WINDOW = (160, 160, 160)

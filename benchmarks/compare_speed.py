@@ -35,11 +35,11 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
+from AbdoSegLib.analysis.metrics import compare_labelmaps
 from AbdoSegLib.image import Image
 from AbdoSegLib.io.image_files import read_image
-from AbdoSegLib.analysis.metrics import compare_labelmaps
-from AbdoSegLib.organs import ORGANS
 from AbdoSegLib.io.regrid import labels_onto_grid
+from AbdoSegLib.organs import ORGANS
 from AbdoSegLib.resources import SAMPLE_REFERENCE
 
 GRID = (512, 512, 200)

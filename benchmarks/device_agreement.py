@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from AbdoSegLib.model.bundle import load_bundle
-from AbdoSegLib.io.image_files import read_image
-from AbdoSegLib.analysis.metrics import dice
-from AbdoSegLib.organs import ORGANS
-from AbdoSegLib.inference.predict import segment
-from AbdoSegLib.resources import DEFAULT_BUNDLE, SAMPLE_CT
 from timing import median_time
+
+from AbdoSegLib.analysis.metrics import dice
+from AbdoSegLib.inference.predict import segment
+from AbdoSegLib.io.image_files import read_image
+from AbdoSegLib.model.bundle import load_bundle
+from AbdoSegLib.organs import ORGANS
+from AbdoSegLib.resources import DEFAULT_BUNDLE, SAMPLE_CT
 
 DEVICES = ("cpu", "cuda")
 

@@ -293,10 +293,11 @@ def benchmark(args: argparse.Namespace, sample: Path) -> int:
 
     import monai
     import torch
-    from AbdoSegLib.model.bundle import load_bundle
+
     from AbdoSegLib.errors import AbdoSegError
-    from AbdoSegLib.io.image_files import read_image
     from AbdoSegLib.inference.predict import count_windows, window_size
+    from AbdoSegLib.io.image_files import read_image
+    from AbdoSegLib.model.bundle import load_bundle
     from AbdoSegLib.model.preprocessing import model_grid
 
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -26,15 +26,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+from timing import median_time
 from vtkmodules.vtkCommonCore import vtkSMPTools
 
 from AbdoSegLib.image import Image
 from AbdoSegLib.io.image_files import read_image
-from AbdoSegLib.surfaces.mesh_files import FORMATS, write_meshes
 from AbdoSegLib.io.regrid import labels_onto_grid
 from AbdoSegLib.resources import SAMPLE_REFERENCE
+from AbdoSegLib.surfaces.mesh_files import FORMATS, write_meshes
 from AbdoSegLib.surfaces.meshes import export_surfaces, organ_boxes, organ_surface
-from timing import median_time
 
 GRID = (512, 512, 200)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timing import median_time
 
 from abdoseg_train.anatomy import discover_anatomy, load_anatomy
 from abdoseg_train.augment import Augmenter
@@ -31,7 +32,6 @@ from abdoseg_train.fit import TrainConfig
 from abdoseg_train.losses import class_mask, partial_dice_ce_loss
 from abdoseg_train.synthetic import corrupt, paint
 from AbdoSegLib.model.vnet import VNet
-from timing import median_time
 
 DEFAULT_ANATOMY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "anatomy" / "ircad_05_anatomy.nii.gz"
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .model.bundle import read_metadata
+from .analysis.metrics import dice_per_organ
 from .cli import main as abdoseg
 from .commands.segment import LABELS_FILE
 from .io.image_files import read_image
-from .analysis.metrics import dice_per_organ
+from .model.bundle import read_metadata
 from .resources import DEFAULT_BUNDLE, SAMPLE_CASE_ID, SAMPLE_CT, SAMPLE_REFERENCE
 
 

@@ -3,6 +3,12 @@
 Axis order: ``array[i, j, k]`` where i, j, k are the voxel indices that the affine's
 columns 0, 1, 2 multiply (the NIfTI / nibabel convention; Slicer's ``arrayFromVolume``
 returns the reverse order k, j, i). World coordinates are RAS millimetres.
+
+Shapes written ``(I, J, K)`` are on an input's own grid, in whatever orientation it came.
+Shapes written ``(X, Y, Z)`` are on the model grid: the array reoriented to canonical RAS
+voxel order (``model/preprocessing.canonical``), so that x grows toward the patient's right,
+y anterior and z superior, then resampled to the model spacing. Inference and the training
+package work in (X, Y, Z); results go back to (I, J, K) only at the end.
 """
 
 from __future__ import annotations
@@ -43,13 +49,13 @@ class Image:
         """Volume of one voxel in millilitres."""
         return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
 
-    def with_array(self, array: np.ndarray) -> "Image":
+    def with_array(self, array: np.ndarray) -> Image:
         """The same grid holding another array of the same shape."""
         if array.shape != self.array.shape:
             raise ValueError(f"array shape {array.shape} differs from the grid {self.array.shape}")
         return Image(array, self.affine.copy())
 
-    def same_grid(self, other: "Image", atol_mm: float = 1e-3) -> bool:
+    def same_grid(self, other: Image, atol_mm: float = 1e-3) -> bool:
         """True when both images have the same shape and the same voxel-to-world transform."""
         return self.shape == other.shape and np.allclose(self.affine, other.affine, atol=atol_mm)
 

@@ -10,9 +10,8 @@ import numpy as np
 import torch
 from monai.transforms import RandAffined
 
+from AbdoSegLib.model.preprocessing import PAD_VALUE, Preprocessing, normalise
 from AbdoSegLib.organs import LEFT_RIGHT_PAIRS
-from AbdoSegLib.model.preprocessing import PAD_VALUE
-from AbdoSegLib.model.preprocessing import Preprocessing, normalise
 
 from .anatomy import AnatomyCase
 from .prepared import PreparedCase

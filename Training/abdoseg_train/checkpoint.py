@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from AbdoSegLib.io.atomic import atomic_path
 from AbdoSegLib.errors import AbdoSegError
+from AbdoSegLib.io.atomic import atomic_path
 
 
 def save_checkpoint(path: Path, *, network, optimiser, scheduler, scaler, epoch: int, best: dict, best_state: dict,

@@ -18,20 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
-from AbdoSegLib.errors import AbdoSegError
-
-from AbdoSegLib.io.atomic import atomic_path
-from AbdoSegLib.model.bundle import load_bundle
 from AbdoSegLib.cli import run_cli
+from AbdoSegLib.errors import AbdoSegError
+from AbdoSegLib.io.atomic import atomic_path
 from AbdoSegLib.io.labelmaps import PRESETS, parse_mapping
+from AbdoSegLib.model.bundle import load_bundle
 from AbdoSegLib.model.preprocessing import Preprocessing
 from AbdoSegLib.model.vnet import VNet
 
 from .anatomy import discover_anatomy, load_anatomy
 from .cases import discover_cases
 from .checkpoint import load_checkpoint
-from .evaluation import evaluate, organ_table
 from .config import TrainConfig
+from .evaluation import evaluate, organ_table
 from .fit import export, fit
 from .synthetic import PHASES, choose_phase
 from .synthetic_cases import write_synthetic_case

@@ -19,16 +19,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from AbdoSegLib.model.bundle import load_bundle, save_bundle
 from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.inference.predict import resolve_device
+from AbdoSegLib.model.bundle import load_bundle, save_bundle
 from AbdoSegLib.model.vnet import VNet
 
 from . import distributed
 from .anatomy import AnatomySource, load_anatomy
 from .cases import Case
-from .config import TrainConfig
 from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
 from .logs import TrainingLog
 from .losses import partial_dice_ce_loss
 from .patches import epoch_batches

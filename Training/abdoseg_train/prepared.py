@@ -14,11 +14,10 @@ import torch
 from AbdoSegLib.analysis.ctcheck import check_ct
 from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.io.image_files import read_image
-from AbdoSegLib.model.preprocessing import Preprocessing, labels_to_model_grid, preprocess, same_physical_grid
 from AbdoSegLib.io.regrid import labels_onto_grid
+from AbdoSegLib.model.preprocessing import Preprocessing, labels_to_model_grid, preprocess, same_physical_grid
 
 from .cases import Case
-
 
 CACHE_VERSION = 2  # bump when the cached content changes
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from AbdoSegLib.io.atomic import atomic_directory
 from AbdoSegLib.image import Image
+from AbdoSegLib.io.atomic import atomic_directory
 from AbdoSegLib.io.image_files import write_image
 from AbdoSegLib.organs import ORGANS
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from AbdoSegLib.image import Image
 from AbdoSegLib.analysis.metrics import compare_labelmaps
-from AbdoSegLib.organs import ORGANS
+from AbdoSegLib.image import Image
 from AbdoSegLib.inference.predict import cleaned_labels, infer_probabilities, window_size
 from AbdoSegLib.model.vnet import VNet
+from AbdoSegLib.organs import ORGANS
 
 from .prepared import PreparedCase
 

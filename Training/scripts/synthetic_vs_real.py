@@ -17,12 +17,12 @@ import numpy as np
 from PIL import Image as Picture
 from PIL import ImageDraw
 
-from AbdoSegLib.model.preprocessing import Preprocessing
 from abdoseg_train.anatomy import discover_anatomy, load_anatomy
 from abdoseg_train.cases import discover_cases
 from abdoseg_train.config import TrainConfig
 from abdoseg_train.prepared import prepare
 from abdoseg_train.synthetic import PHASES, synthesise
+from AbdoSegLib.model.preprocessing import Preprocessing
 
 WINDOW_HU = (-150.0, 250.0)
 PANEL = 220  # pixels

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 
-from ..model.bundle import ModelBundle
-from .cleanup import clean_labels
 from ..errors import AbdoSegError
 from ..image import Image
+from ..model.bundle import ModelBundle
 from ..model.preprocessing import PAD_VALUE, hounsfield, preprocess
 from ..progress import NoProgress
+from .cleanup import clean_labels
 from .sliding_window import sliding_window, window_starts
 from .upsampling import labels_on_input_grid
-
 
 Progress = Callable[[str, float, str], None]
 """progress(stage, fraction 0..1, message)"""

@@ -8,7 +8,7 @@ inference of a 512x512x200 CT, and this is all that inference needs from it.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..organs import ORGANS
 from ..model.preprocessing import ModelGrid
+from ..organs import ORGANS
 
 MARGIN = 0.02  # keeps a cleaned voxel above, and a removed one below, the threshold 0
 

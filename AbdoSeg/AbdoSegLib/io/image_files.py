@@ -14,9 +14,9 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_path
 from ..errors import AbdoSegError
 from ..image import Image
+from .atomic import atomic_path
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

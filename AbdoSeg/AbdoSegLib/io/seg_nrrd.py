@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import slicerio
 
-from .atomic import atomic_path
 from ..image import Image
-from .image_files import LPS_TO_RAS
 from ..organs import ORGANS
+from .atomic import atomic_path
+from .image_files import LPS_TO_RAS
 
 
 def write_segmentation(labels: Image, path: str | Path) -> None:

@@ -22,11 +22,11 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..io.atomic import atomic_path
 from ..errors import AbdoSegError
+from ..io.atomic import atomic_path
 from ..organs import label_table
-from .preprocessing import Preprocessing
 from ..resources import DEFAULT_BUNDLE
+from .preprocessing import Preprocessing
 from .vnet import VNet, VNetConfig
 
 FORMAT_VERSION = 1

@@ -39,7 +39,7 @@ class Preprocessing:
         return {"spacing_mm": list(self.spacing_mm), "hu_window": list(self.hu_window)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Preprocessing":
+    def from_dict(cls, data: dict) -> Preprocessing:
         return cls(tuple(float(v) for v in data["spacing_mm"]), tuple(float(v) for v in data["hu_window"]))
 
 

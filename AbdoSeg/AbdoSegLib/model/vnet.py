@@ -55,7 +55,7 @@ class VNetConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "VNetConfig":
+    def from_dict(cls, data: dict) -> VNetConfig:
         return cls(**data)
 
 
