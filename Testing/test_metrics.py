@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import surface_distance
 from scipy import ndimage
+from surface_distance import lookup_tables
 
+from AbdoSegLib.analysis import surfels
 from AbdoSegLib.analysis.metrics import (
     BOTH_EMPTY,
     COMPARED,
@@ -237,6 +239,34 @@ def random_blob(shape, seed: int, threshold: float) -> np.ndarray:
     return smooth > threshold * smooth.std()
 
 
+def surface_distance_metrics(reference_mask, prediction_mask, spacing, tolerance_mm) -> dict[str, float]:
+    """HD, HD95, ASSD, NSD and Dice of two boolean masks as surface-distance computes them."""
+    distances = surface_distance.compute_surface_distances(reference_mask, prediction_mask, spacing)
+    to_pred, to_ref = surface_distance.compute_average_surface_distance(distances)
+    ref_area, pred_area = distances["surfel_areas_gt"].sum(), distances["surfel_areas_pred"].sum()
+    return {
+        "hd": surface_distance.compute_robust_hausdorff(distances, 100),
+        "hd95": surface_distance.compute_robust_hausdorff(distances, 95),
+        "assd": (to_pred * ref_area + to_ref * pred_area) / (ref_area + pred_area),
+        "nsd": surface_distance.compute_surface_dice_at_tolerance(distances, tolerance_mm),
+        "dice": surface_distance.compute_dice_coefficient(reference_mask, prediction_mask),
+    }
+
+
+def assert_agrees_with_surface_distance(reference_mask, prediction_mask, spacing) -> dict:
+    """Our metrics of the two masks (as one organ) equal surface-distance's to rounding; returns ours."""
+    label = ORGANS[1].label
+    affine = grid_affine(spacing, origin=(-20.0, 13.0, 400.0))
+    ours = compare_labelmaps(
+        Image(np.where(prediction_mask, label, 0).astype(np.uint8), affine),
+        Image(np.where(reference_mask, label, 0).astype(np.uint8), affine),
+    )[ORGANS[1].name]
+    theirs = surface_distance_metrics(reference_mask, prediction_mask, spacing, ours["nsd_tolerance_mm"])
+    for key, value in theirs.items():
+        assert ours[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    return ours
+
+
 @pytest.mark.parametrize(
     "seed, spacing",
     [(1, (0.7, 0.7, 2.5)), (2, (0.7, 0.7, 2.5)), (3, (1.0, 0.8, 1.5)), (4, (2.0, 0.6, 0.9)), (5, (1.0, 1.0, 1.0))],
@@ -247,28 +277,28 @@ def test_agrees_with_deepmind_surface_distance_on_random_masks(seed, spacing):
     reference_mask = random_blob(shape, seed, 0.5)
     prediction_mask = reference_mask ^ random_blob(shape, seed + 100, 1.6)  # the reference with lumps added and removed
     assert reference_mask.sum() > 1000 and prediction_mask.sum() > 1000 and (reference_mask != prediction_mask).sum() > 100
-    label = ORGANS[1].label
-    affine = grid_affine(spacing, origin=(-20.0, 13.0, 400.0))
-    ours = compare_labelmaps(
-        Image(np.where(prediction_mask, label, 0).astype(np.uint8), affine),
-        Image(np.where(reference_mask, label, 0).astype(np.uint8), affine),
-    )[ORGANS[1].name]
-
-    distances = surface_distance.compute_surface_distances(reference_mask, prediction_mask, spacing)
-    to_pred, to_ref = surface_distance.compute_average_surface_distance(distances)
-    ref_area, pred_area = distances["surfel_areas_gt"].sum(), distances["surfel_areas_pred"].sum()
-    theirs = {
-        "hd": surface_distance.compute_robust_hausdorff(distances, 100),
-        "hd95": surface_distance.compute_robust_hausdorff(distances, 95),
-        "assd": (to_pred * ref_area + to_ref * pred_area) / (ref_area + pred_area),
-        "nsd": surface_distance.compute_surface_dice_at_tolerance(distances, ours["nsd_tolerance_mm"]),
-        "dice": surface_distance.compute_dice_coefficient(reference_mask, prediction_mask),
-    }
+    ours = assert_agrees_with_surface_distance(reference_mask, prediction_mask, spacing)
     assert ours["hd"] > 0 and 0 < ours["nsd"] < 1
-    assert abs(ours["hd"] - theirs["hd"]) <= min(spacing)
-    for key in ("hd95", "assd", "nsd"):
-        assert ours[key] == pytest.approx(theirs[key], rel=0.01), key
-    assert ours["dice"] == pytest.approx(theirs["dice"], rel=1e-12)
+
+
+@pytest.mark.parametrize("spacing", [(0.7, 0.7, 2.5), (2.0, 0.6, 0.9)])
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_agrees_with_deepmind_surface_distance_on_speckle_that_holds_every_neighbourhood_code(spacing):
+    # Voxels drawn at random, one in two: every one of the 256 2x2x2 neighbourhood codes occurs,
+    # the ambiguous ones (two diagonal corners of a face inside, two outside) included.
+    rng = np.random.default_rng(11)
+    reference_mask, prediction_mask = rng.random((2, 24, 20, 12)) < 0.5
+    assert len(np.unique(surfels.surfel_codes(reference_mask)[1])) == 256
+    assert_agrees_with_surface_distance(reference_mask, prediction_mask, spacing)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 0.8, 2.5), (2.0, 0.6, 0.9), (0.3, 5.0, 1.1)])
+def test_surfel_areas_equal_the_table_of_surface_distance(spacing):
+    ours = surfels.surfel_areas(spacing)
+    theirs = lookup_tables.create_table_neighbour_code_to_surface_area(spacing)
+    assert ours.shape == (256,)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(surfels.NEIGHBOURHOOD_KERNEL, lookup_tables.ENCODE_NEIGHBOURHOOD_3D_KERNEL)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

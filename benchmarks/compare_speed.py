@@ -11,8 +11,8 @@ Times (wall, the process pinned to ``--cores`` CPUs; for AbdoSeg also the proces
 which a busy machine inflates less than the wall time):
 
 - AbdoSeg: ``compare_labelmaps`` for the 4 organs (Dice, HD, HD95, ASSD, NSD, volumes), the
-  median of ``--repeat`` calls after one warm-up call (the first call also loads MONAI's
-  surfel table: shown apart);
+  median of ``--repeat`` calls after one warm-up call (the first call also builds the
+  surfel table with VTK: shown apart);
 - surface-distance: per organ ``compute_surface_distances`` on the full-grid masks, then
   ``compute_robust_hausdorff`` (100 and 95), ``compute_average_surface_distance``,
   ``compute_surface_dice_at_tolerance`` and ``compute_dice_coefficient``, once.

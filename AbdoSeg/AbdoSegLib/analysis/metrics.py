@@ -21,17 +21,17 @@ every comparison metric is None (not applicable; the volumes are 0.0); one empty
 nsd 0 and the distances ``float('inf')`` (the worst case). ``jsonable`` writes infinity as
 the string "inf".
 
-Why the surfel map and the distances are written here rather than taken from a library:
-``surface-distance`` itself is unmaintained (it calls ``np.Inf``, gone in numpy 2, for an
-empty mask) and slow (a distance transform of the whole box, then a Python sort of every
-surfel); MONAI's HD95 and ASSD are unweighted means and percentiles over edge voxels, which
-differ from the surfel-area-weighted definitions by several per cent. The surfel areas are
-MONAI's port of DeepMind's lookup table, so the results agree with ``surface-distance``.
+Why the distances are written here rather than taken from a library: ``surface-distance``
+itself is unmaintained (it calls ``np.Inf``, gone in numpy 2, for an empty mask) and slow (a
+distance transform of the whole box, then a Python sort of every surfel); MONAI's HD95 and ASSD
+are unweighted means and percentiles over edge voxels, which differ from the surfel-area-weighted
+definitions by several per cent (and MONAI would pull torch into Slicer's requirements). The
+surfels and their areas come from ``surfels.py``, computed with VTK's marching cubes to
+surface-distance's definition; Testing/test_metrics.py checks both against surface-distance.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -39,6 +39,7 @@ from scipy.spatial import cKDTree
 
 from ..image import Image, bounding_boxes
 from ..organs import ORGANS
+from .surfels import surfel_areas, surfel_codes
 
 # FLARE22's NSD tolerances (mm), from the challenge's evaluation script
 # (github.com/JunMa11/FLARE, FLARE22/Evaluation/FLARE22_DSC_NSD_Eval.py): Liver 5, RK 3, LK 3, Spleen 3.
@@ -172,53 +173,25 @@ def _surface_distances(mask_a: np.ndarray, mask_b: np.ndarray, grid: Image) -> t
     large, thin-walled boxes make slow). A surfel that lies on both surfaces is at distance 0
     and is not queried.
     """
-    areas, kernel = _surfel_table(tuple(float(s) for s in grid.spacing))
+    areas = surfel_areas(tuple(float(s) for s in grid.spacing))
     linear = grid.affine[:3, :3]
     surfaces = []
     for mask in (mask_a, mask_b):
-        border, code = _surfels(mask, kernel)
+        border, code = surfel_codes(mask)
         index = np.nonzero(border)
         # einsum, not matmul: a 3x3 product gains nothing from BLAS threads, which stall on a busy machine.
         points = np.einsum("nk,jk->nj", np.stack(index, axis=1).astype(np.float64), linear)
         surfaces.append((border, index, points, areas[code[index]]))
     result = []
-    for (_, index, points, surfel_areas), (other_border, _, other_points, _) in (surfaces, surfaces[::-1]):
+    for (_, index, points, own_areas), (other_border, _, other_points, _) in (surfaces, surfaces[::-1]):
         off_other = ~other_border[index]
         distances = np.zeros(len(points))
         if off_other.any():
             # An unbalanced tree with larger leaves builds faster on grid points and queries as fast.
             tree = cKDTree(other_points, leafsize=32, balanced_tree=False, compact_nodes=False)
             distances[off_other] = tree.query(points[off_other], workers=-1)[0]
-        result.append((distances, surfel_areas))
+        result.append((distances, own_areas))
     return tuple(result)
-
-
-def _surfels(mask: np.ndarray, kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The surfel map of a boolean mask of shape (I, J, K): (border, code), both (I+1, J+1, K+1).
-
-    code is the 8-bit neighbourhood code of each voxel corner: the 2x2x2 voxels around it
-    (outside the array counts as background) weighted by ``kernel`` (2, 2, 2); border marks the
-    corners with both inside and outside voxels around them.
-    """
-    padded = np.pad(mask, 1).view(np.uint8)
-    size = tuple(n + 1 for n in mask.shape)
-    code = np.zeros(size, dtype=np.uint8)
-    for (a, b, c), weight in np.ndenumerate(kernel):
-        code |= padded[a : a + size[0], b : b + size[1], c : c + size[2]] * np.uint8(weight)
-    return (code != 0) & (code != 255), code
-
-
-@functools.lru_cache(maxsize=8)
-def _surfel_table(spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """(surface area in mm^2 of each of the 256 neighbourhood codes, shape (256,); the code kernel, uint8 (2, 2, 2)).
-
-    MONAI's port of DeepMind's marching-cubes lookup table, so that surfel areas are those of
-    surface-distance. Imported on first use, so that importing this module does not load torch.
-    """
-    from monai.metrics.utils import get_code_to_measure_table
-
-    areas, kernel = get_code_to_measure_table(spacing)
-    return areas.numpy().astype(np.float64), kernel.numpy()[0, 0].astype(np.uint8)
 
 
 def _weighted_percentile(distances: np.ndarray, areas: np.ndarray, percent: float) -> float:

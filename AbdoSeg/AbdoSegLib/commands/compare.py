@@ -50,7 +50,7 @@ def run_compare(args: argparse.Namespace) -> None:
     outputs = [path for path in (args.json, args.csv, args.png) if path is not None]
     for path in outputs:
         _check_writable(path, args.force)
-    from ..analysis.metrics import (  # loads MONAI's surfel table: only for compare
+    from ..analysis.metrics import (  # builds the surfel table: only for compare
         compare_labelmaps,
         jsonable,
     )

@@ -57,7 +57,7 @@ def compare_segmentations(
     "volume_pred_ml", "volume_ref_ml", "volume_diff_ml"}} for every organ of the table.
     """
     from ..analysis.metrics import (
-        compare_labelmaps,  # scipy (and MONAI's surfel table) only when comparing
+        compare_labelmaps,  # scipy (and the surfel table, built with VTK) only when comparing
     )
 
     predicted = organ_segments(prediction_node)
