@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
@@ -23,7 +24,6 @@ from abdoseg_train.cli import main as train_main
 from abdoseg_train.draw import draw_case
 from abdoseg_train.evaluation import score_cases
 from abdoseg_train.fit import TrainConfig, fit
-from abdoseg_train.logs import TrainingLog
 from abdoseg_train.losses import class_mask, marginal_probabilities, partial_dice_ce_loss
 from abdoseg_train.patches import epoch_batches
 from abdoseg_train.prepared import PreparedCase
@@ -219,11 +219,12 @@ def test_training_writes_its_log_and_export_rebuilds_the_bundle_from_the_checkpo
     assert best.metadata["training"]["workers"] == 2
 
 
-def test_training_without_tensorboard_is_refused_in_one_sentence(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if the train extra were not installed
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
-    with pytest.raises(AbdoSegError, match=r"TensorBoard, which is not installed; install it with pip install 'abdoseg\[train\]'"):
-        TrainingLog(tmp_path / "run")
+@pytest.mark.parametrize("package", ["monai", "tensorboard"])
+def test_training_without_the_train_extra_is_refused_in_one_sentence(tmp_path, monkeypatch, package):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == package else real_find_spec(name, *args))
+    with pytest.raises(AbdoSegError, match=rf"training needs {package}, which is not installed; install it with pip install 'abdoseg\[train\]'"):
+        fit([], [], TrainConfig(), tmp_path / "model.safetensors", tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from monai.transforms import RandAffined
 
 from AbdoSegLib.model.preprocessing import PAD_VALUE, Preprocessing, normalise
 from AbdoSegLib.organs import LEFT_RIGHT_PAIRS
@@ -123,6 +122,8 @@ class Augmenter:
         self.flip_probability = flip_probability
         self.field_of_view_probability = field_of_view_probability
         self.spec = spec
+        from monai.transforms import RandAffined  # the train extra (fit checks that it is installed)
+
         radians = np.deg2rad(rotate_deg)
         spatial = dict(prob=0.8, spatial_size=self.patch, rotate_range=(radians,) * 3, scale_range=(scale,) * 3, padding_mode="border")
         self.affine = RandAffined(keys=("image", "labels"), mode=("bilinear", "nearest"), **spatial)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import importlib.util
 import json
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -54,6 +55,7 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     first process validates, logs, checkpoints and exports. Returns the validation record of
     the exported network.
     """
+    _require_training_extra()
     run = distributed.setup(resolve_device(config.device))
     torch.manual_seed(config.seed + run.rank)
     config.train_cases = [case.name for case in train]
@@ -135,6 +137,13 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     run.barrier()
     run.close()
     return best
+
+
+def _require_training_extra() -> None:
+    """Training augments with MONAI and logs to TensorBoard: the ``train`` extra; evaluate, export and synth do without."""
+    missing = [name for name in ("monai", "tensorboard") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise AbdoSegError(f"training needs {' and '.join(missing)}, which is not installed; install it with pip install 'abdoseg[train]'.")
 
 
 def _load_all(load, items: list, config: TrainConfig, cache_dir: Path | None) -> list:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from AbdoSegLib.errors import AbdoSegError
-
 
 class TrainingLog:
     """Writes ``log.csv`` and TensorBoard event files into ``folder``.
@@ -18,10 +16,8 @@ class TrainingLog:
     COLUMNS_FIRST = ("epoch", "loss", "learning_rate", "seconds")
 
     def __init__(self, folder: Path):
-        try:  # the train extra installs it; evaluate and export do without
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise AbdoSegError("training logs to TensorBoard, which is not installed; install it with pip install 'abdoseg[train]'.") from None
+        from torch.utils.tensorboard import SummaryWriter  # the train extra (fit checks that it is installed)
+
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.csv_path = self.folder / "log.csv"
