@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.metadata
 import json
 import pathlib
 import re
+import subprocess
 import sys
+import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
+import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from PIL import Image as PILImage
 
 from AbdoSegLib import outputs
@@ -95,6 +100,19 @@ def test_the_top_level_cmake_file_matches_the_index_entry():
     assert (ROOT / "LICENSE").is_file()
 
 
+def test_the_extension_package_carries_abdosegs_licence_and_readme_and_says_which_slicer():
+    # Slicer's UseSlicer.cmake sets both to Slicer's own files unless they are defined before find_package(Slicer).
+    text = (ROOT / "CMakeLists.txt").read_text()
+    for name, file in (("EXTENSION_LICENSE_FILE", "LICENSE"), ("EXTENSION_README_FILE", "README.md")):
+        value = cmake_set(text, name)
+        assert value == "${CMAKE_CURRENT_SOURCE_DIR}/" + file and (ROOT / file).is_file()
+        assert text.index(f"set({name} ") < text.index("find_package(Slicer REQUIRED)")
+    assert "Apache License" in (ROOT / "LICENSE").read_text() and "Version 2.0" in (ROOT / "LICENSE").read_text()
+    assert cmake_set(text, "EXTENSION_DESCRIPTION").endswith("Needs Slicer 5.10 or later.")
+    assert "Slicer versions: 5.10 or later." in (MODULE_DIR / "AbdoSeg.py").read_text()
+    assert "In Slicer 5.10 or later" in (ROOT / "README.md").read_text()
+
+
 # The module's CMakeLists.txt lists every file ----------------------------------------------------
 
 
@@ -125,12 +143,19 @@ def constant(name: str):
     raise AssertionError(f"AbdoSeg.py has no constant {name}")
 
 
-def abdoseg_definitions(*names: str) -> dict:
-    """Run the top-level assignments and functions ``names`` of AbdoSeg.py (which needs Slicer to import) alone."""
-    nodes = [node for node in abdoseg_tree().body
-             if (isinstance(node, ast.FunctionDef) and node.name in names)
+def abdoseg_definitions(*names: str, logic_methods: tuple[str, ...] = (), **given) -> dict:
+    """Run the top-level assignments, functions and classes ``names`` of AbdoSeg.py (which needs Slicer to import) alone.
+
+    logic_methods: methods of AbdoSegLogic to define as plain functions of ``self``; given: names they use.
+    """
+    tree = abdoseg_tree()
+    logic = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "AbdoSegLogic")
+    nodes = [node for node in tree.body
+             if (isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in names)
              or (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id in names for t in node.targets))]
-    namespace = {"__file__": str(MODULE_DIR / "AbdoSeg.py"), "pathlib": pathlib, "re": re}
+    nodes += [node for node in logic.body if isinstance(node, ast.FunctionDef) and node.name in logic_methods]
+    names += logic_methods
+    namespace = {"__file__": str(MODULE_DIR / "AbdoSeg.py"), "pathlib": pathlib, "re": re, **given}
     exec(compile(ast.Module(nodes, type_ignores=[]), "AbdoSeg.py", "exec"), namespace)
     assert set(names) <= set(namespace), f"AbdoSeg.py lacks {set(names) - set(namespace)}"
     return namespace
@@ -205,6 +230,14 @@ def test_the_ui_file_has_the_sections_and_every_widget_the_code_uses():
     assert {w.get("class") for w in widgets.values() if w.get("class").startswith(("ctk", "qMRML"))} <= declared
 
 
+def test_reload_and_test_runs_every_self_test_that_ctest_runs():
+    """ctest runs each test_ method of AbdoSegTest (unittest's loader); Reload & Test runs only what runTest calls."""
+    test_class = next(node for node in abdoseg_tree().body if isinstance(node, ast.ClassDef) and node.name == "AbdoSegTest")
+    methods = {node.name: node for node in test_class.body if isinstance(node, ast.FunctionDef)}
+    called = {node.attr for node in ast.walk(methods["runTest"]) if isinstance(node, ast.Attribute) and node.attr.startswith("test_")}
+    assert called == {name for name in methods if name.startswith("test_")}
+
+
 def test_abdoseg_py_takes_the_output_names_from_the_engine():
     tree = abdoseg_tree()
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "AbdoSegLib.outputs"
@@ -224,6 +257,118 @@ def test_the_requirements_file_is_read_by_abdoseg_py_and_holds_pip_requirements(
     names = [Requirement(text).name.lower() for text in requirements]  # each line parses as a requirement
     assert len(set(names)) == len(names)
     assert not {"torch", "simpleitk", "vtk"} & set(names)  # the PyTorch extension and Slicer itself provide these
+
+
+def installed_closure(requirements: list[str]) -> dict[str, list[str]]:
+    """{distribution: the chain of distributions that leads to it} for every distribution the requirements pull in.
+
+    Follows the installed distributions' own metadata (importlib.metadata.requires), with each
+    dependency's markers evaluated for this Python and the extras asked for: offline and deterministic.
+    """
+    chains: dict[str, list[str]] = {}
+    todo = [(Requirement(text), []) for text in requirements]
+    while todo:
+        requirement, chain = todo.pop()
+        name = canonicalize_name(requirement.name)
+        if name in chains:
+            continue
+        chains[name] = [*chain, name]
+        try:
+            dependencies = importlib.metadata.requires(requirement.name) or []
+        except importlib.metadata.PackageNotFoundError:
+            raise AssertionError(f"{' -> '.join(chains[name])} is not installed here: install the test extra") from None
+        for text in dependencies:
+            dependency = Requirement(text)
+            extras = ("", *requirement.extras)
+            if dependency.marker is None or any(dependency.marker.evaluate({"extra": extra}) for extra in extras):
+                todo.append((dependency, chains[name]))
+    return chains
+
+
+def test_the_module_requirements_neither_name_nor_pull_in_torch():
+    # AbdoSeg.py installs these into Slicer's Python with torch pinned; a requirement that needed torch
+    # (as MONAI does, in a recent version) would make that pin fail, or without it replace the user's PyTorch.
+    requirements = python_requirements()
+    assert "torch" not in {canonicalize_name(Requirement(text).name) for text in requirements}
+    chains = installed_closure(requirements)
+    assert {"numpy", "nibabel", "psutil"} <= set(chains)  # the walk reaches what it should
+    assert "torch" not in chains, " -> ".join(chains.get("torch", []))
+    assert "monai" not in chains
+
+
+def setup_requirements(monkeypatch, missing: list[str], slicer_5_12: bool, answer: bool = True, pip_fails: bool = False) -> list[tuple]:
+    """Run AbdoSegLogic.setupPythonRequirements with stand-ins for the Slicer calls it makes; returns the calls.
+
+    The stand-ins (named so, and no more than the method uses): the PyTorch extension with torch installed,
+    slicer.util's question and pip_install (Slicer 5.10), and slicer.packaging.pip_ensure (Slicer 5.12+), which
+    record their arguments and the constraints file's text while it exists.
+    """
+    calls = []
+
+    def pip(api, arguments, constraints):
+        calls.append((api, arguments, Path(constraints).read_text()))
+        if pip_fails:
+            raise subprocess.CalledProcessError(1, ["pip", "install"])
+
+    def ask(message, title, detailedText):
+        calls.append(("ask", message, detailedText))
+        return answer
+
+    slicer_stand_in = types.SimpleNamespace(
+        util=types.SimpleNamespace(confirmOkCancelDisplay=ask, pip_install=lambda arguments: pip("pip_install", arguments, arguments[-1])),
+    )
+    packaging_stand_in = types.SimpleNamespace(
+        pip_ensure=lambda requirements, constraints, **options: pip("pip_ensure", (requirements, options), constraints),
+    )
+    torch_utils_stand_in = types.SimpleNamespace(PyTorchUtilsLogic=lambda: types.SimpleNamespace(torchInstalled=lambda: True))
+    monkeypatch.setitem(sys.modules, "slicer", types.ModuleType("slicer"))
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging_stand_in if slicer_5_12 else None)  # None: ImportError, as in 5.10
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", torch_utils_stand_in)
+    namespace = abdoseg_definitions("DependencyError", "MINIMUM_TORCH_VERSION", logic_methods=("setupPythonRequirements",),
+                                    importlib=importlib, slicer=slicer_stand_in, _=str)
+    logic = types.SimpleNamespace(missingRequirements=lambda: list(missing))
+    try:
+        namespace["setupPythonRequirements"](logic, askConfirmation=True)
+    except namespace["DependencyError"] as error:
+        calls.append(("DependencyError", str(error)))
+    return calls
+
+
+@pytest.mark.parametrize("slicer_5_12", [True, False])
+def test_the_module_installs_its_packages_with_torch_pinned_after_naming_them(monkeypatch, slicer_5_12):
+    missing = ["nibabel>=5.0", "slicerio>=1.0"]
+    torch = importlib.metadata.version("torch")
+    ask, install = setup_requirements(monkeypatch, missing, slicer_5_12)
+    assert ask[0] == "ask" and "nibabel>=5.0, slicerio>=1.0" in ask[1] and f"PyTorch stays at version {torch}." in ask[1]
+    assert ask[2] == "nibabel>=5.0\nslicerio>=1.0"
+    api, arguments, constraints = install
+    assert constraints == f"torch=={torch}\n"
+    if slicer_5_12:  # slicer.packaging.pip_ensure(requirements, constraints=FILE): pip install ... -c FILE
+        assert api == "pip_ensure" and arguments == (missing, {"prompt_install": False, "requester": "AbdoSeg", "skip_in_testing": False})
+    else:  # slicer.util.pip_install(list): pip install <list>
+        assert api == "pip_install" and arguments[:-1] == [*missing, "-c"]
+
+
+@pytest.mark.parametrize("slicer_5_12", [True, False])
+def test_the_module_installs_nothing_when_declined_or_complete_and_says_when_pip_fails(monkeypatch, slicer_5_12):
+    declined = setup_requirements(monkeypatch, ["tqdm>=4.60"], slicer_5_12, answer=False)
+    assert [call[0] for call in declined] == ["ask", "DependencyError"] and "tqdm>=4.60" in declined[1][1]
+    assert setup_requirements(monkeypatch, [], slicer_5_12) == []
+    failed = setup_requirements(monkeypatch, ["tqdm>=4.60"], slicer_5_12, pip_fails=True)
+    assert [call[0] for call in failed] == ["ask", "pip_ensure" if slicer_5_12 else "pip_install", "DependencyError"]
+    assert "with PyTorch kept at" in failed[-1][1]
+
+
+def test_the_readme_names_the_packages_the_module_installs():
+    sentence = re.search(r"torch through the PyTorch extension, and (.*?) with pip", " ".join((ROOT / "README.md").read_text().split()))
+    assert sentence, "README.md's 'In 3D Slicer' no longer says which packages the module installs with pip"
+    named = set(re.split(r", | and ", sentence.group(1)))
+    assert named == {Requirement(text).name for text in python_requirements()}
+
+
+def test_the_closure_walk_would_see_torch_behind_monai():
+    # The same walk on the training requirement that used to be among the module's: it reaches torch.
+    assert installed_closure(["monai>=1.3"])["torch"] == ["monai", "torch"]
 
 
 def test_slicer_gets_every_package_the_engine_imports():
