@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 import psutil
+import pytest
 
 from AbdoSegLib import outputs
 from AbdoSegLib.process import (
@@ -223,6 +224,30 @@ time.sleep(60)
     result = process.wait(BOUND_S)
     assert result.status == "cancelled" and recorder.results == [result] and result.log == recorder.log
     assert wait_ended(tree) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups are POSIX; Windows relies on the listing of children")
+def test_cancel_kills_a_grandchild_started_too_late_to_be_listed(monkeypatch):
+    """The launcher may start Python between the listing of its children and the kill: the group kill still reaches it."""
+    recorder = Recorder()
+    script = """
+import subprocess, sys, time
+grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+print(grandchild.pid, flush=True)
+time.sleep(60)
+"""
+    process = recorder.process(script)
+    poll_until(process, lambda: bool(recorder.log))
+    grandchild = psutil.Process(int(recorder.log[0]))
+    monkeypatch.setattr(psutil.Process, "children", lambda self, recursive=False: [])  # as if it had not been started yet
+    try:
+        process.cancel()
+        assert wait_ended([grandchild]) == []  # it sleeps an hour: only the kill ends it in time
+        poll_until(process, lambda: process.finished)
+        assert process.result.status == "cancelled"
+    finally:
+        if not ended(grandchild):
+            grandchild.kill()
 
 
 def test_cancel_after_the_child_exited_normally_reports_completed():

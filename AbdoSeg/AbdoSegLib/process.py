@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import subprocess
 import threading
 import time
@@ -87,8 +88,16 @@ def segment_command(python: str, ct: str | Path, output: str | Path, model: str 
 def kill_process_tree(pid: int) -> None:
     """Kill a process and every process it started, without waiting for them to end.
 
-    (PythonSlicer is a launcher: killing it alone would leave Python running.)
+    (PythonSlicer is a launcher: killing it alone would leave Python running.) On POSIX the
+    child leads its own process group (``SegmentationProcess.start``) and the whole group is
+    killed at once, so a process the launcher starts at that moment cannot slip out between
+    listing the children and killing them; the listing below then catches any that left the group.
     """
+    if os.name == "posix":
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     try:
         parent = psutil.Process(pid)
         processes = parent.children(recursive=True) + [parent]
@@ -149,6 +158,7 @@ class SegmentationProcess:
             self.proc = subprocess.Popen(
                 self.command, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),  # Windows: no console window flashes up
+                start_new_session=os.name == "posix",  # its own process group, killed as one (kill_process_tree)
             )
         except OSError as error:
             self._finish(SegmentationResult("failed", f"{self.command[0]} could not be started: {error.strerror or error}."))
