@@ -160,7 +160,7 @@ def test_painted_structures_of_s0328_lie_in_their_tissue_ranges(s0328, phase):
     hu = paint(s0328.structures, s0328.depth_mm, np.random.default_rng(7), phase=phase, random_phase=0.0)
     painted = set(np.unique(s0328.structures)) - {OUTSIDE, BODY}
     assert {STRUCTURE_IDS[name] for name in ("bowel", "muscle", "urinary_bladder", "heart", "lung", "bone")} <= painted
-    for label in painted:
+    for label in painted - {STRUCTURE_IDS["bowel"], STRUCTURE_IDS["stomach"]}:  # hollow: Testing/test_synthetic.py
         tissue = TISSUES[int(label)]
         low, high = tissue.mean_hu[phase]
         mean = float(hu[s0328.structures == label].mean())

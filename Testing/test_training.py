@@ -15,13 +15,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from abdoseg_train import fit as fit_module
+from abdoseg_train.anatomy import discover_anatomy, load_anatomy
 from abdoseg_train.augment import Augmenter, cut_field_of_view, flip_left_right, random_crop, swap_labelled
 from abdoseg_train.cases import discover_cases
 from abdoseg_train.checkpoint import load_checkpoint, save_checkpoint
 from abdoseg_train.cli import main as train_main
-from abdoseg_train.draw import draw_case
+from abdoseg_train.draw import NO_ORGAN, draw_case
 from abdoseg_train.evaluation import score_cases
 from abdoseg_train.fit import TrainConfig, fit
 from abdoseg_train.losses import class_mask, marginal_probabilities, partial_dice_ce_loss
@@ -33,7 +35,7 @@ from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.io.image_files import read_image
 from AbdoSegLib.io.labelmaps import parse_mapping
 from AbdoSegLib.model.bundle import load_bundle
-from AbdoSegLib.model.preprocessing import PAD_VALUE
+from AbdoSegLib.model.preprocessing import PAD_VALUE, Preprocessing
 from AbdoSegLib.organs import NUM_CLASSES, ORGANS
 from AbdoSegLib.resources import SAMPLE_CT, SAMPLE_REFERENCE
 
@@ -493,3 +495,26 @@ def test_patches_draw_each_organ_equally_often_even_when_few_cases_label_it():
     assert all(drawn.name == "both" for drawn, organ in draws if organ == 4)
     unlabelled = [PreparedCase("empty", torch.zeros(4, 4, 4), torch.zeros(4, 4, 4, dtype=torch.uint8), (1,), np.eye(4))]
     assert draw_case(unlabelled, [], 0.5, rng) == (unlabelled[0], None)
+
+
+def test_negative_patches_are_centred_far_from_every_organ_and_draw_maps_without_organs():
+    """With every patch a negative one, both TotalSegmentator maps are drawn, the pelvis-only s0000
+    too, and each patch is centred more than 60 mm from every organ (measured on every second voxel:
+    within 6 mm of that on the full grid); the patch's centre is background."""
+    data = Path(__file__).resolve().parent / "Data" / "anatomy_totalseg"
+    spec = Preprocessing((3.0, 3.0, 3.0), (-200.0, 400.0))
+    maps = [load_anatomy(discover_anatomy(data / f"{name}_anatomy.nii.gz")[0], spec) for name in ("s0328", "s0000")]
+    distance = {case.name: ndimage.distance_transform_edt(case.labels == 0, sampling=3.0) for case in maps}
+    augment = Augmenter((32, 32, 32), seed=2, rotate_deg=0.0, scale=0.0, flip_probability=0.0, spec=spec,
+                        field_of_view_probability=0.0)
+    rng = np.random.default_rng(0)
+    drawn = []
+    for _ in range(30):
+        case, organ = draw_case([], maps, 0.5, rng, negative_fraction=1.0)
+        assert organ == NO_ORGAN
+        centre = augment.centre(case, organ)
+        assert distance[case.name][tuple(centre)] > 54 and case.structures[tuple(centre)] > 0  # in the body
+        drawn.append(case.name)
+    assert set(drawn) == {"s0328", "s0000"}
+    _, labels, _ = augment(maps[0], NO_ORGAN)
+    assert labels[16, 16, 16] == 0

@@ -13,6 +13,10 @@ from AbdoSegLib.model.preprocessing import PAD_VALUE, Preprocessing, normalise
 from AbdoSegLib.organs import LEFT_RIGHT_PAIRS
 
 from .anatomy import AnatomyCase
+from .distractors import DISTRACTOR_PROBABILITY, LESION_PROBABILITY, add_distractors
+from .draw import NO_ORGAN
+from .negatives import far_from_organs
+from .organ_size import ORGAN_SCALING_PROBABILITY, scale_organ
 from .prepared import PreparedCase
 from .synthetic import synthesise
 
@@ -91,14 +95,15 @@ def crop(volume: torch.Tensor, centre: np.ndarray, size: tuple[int, int, int], f
 
 
 def random_crop(case: PreparedCase, size: tuple[int, int, int], rng: np.random.Generator, foreground_fraction: float = FOREGROUND_FRACTION,
-                organ: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                organ: int | None = None, centre: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A (size) crop of image and labels (see crop_centre), padded where the volume is smaller.
 
     ``organ``: the organ to centre on (when the crop is organ-centred); None: any labelled one.
+    ``centre``: (3,) voxels, a centre already chosen (then ``organ`` is unused).
     Padding: image PAD_VALUE (the bottom of the HU window, as at inference), labels 0.
     """
-    present = _centre_organs(case, organ)
-    centre = crop_centre(case.labels, present, rng, foreground_fraction)
+    if centre is None:
+        centre = crop_centre(case.labels, _centre_organs(case, organ), rng, foreground_fraction)
     return crop(case.image, centre, size, PAD_VALUE), crop(case.labels, centre, size, 0)
 
 
@@ -111,16 +116,23 @@ class Augmenter:
     anatomy maps (synthetic CT is painted in HU on its grid, then normalised).
     flip_probability: of a left-right mirror (with the kidney labels swapped).
     field_of_view_probability: of a scan that ends inside the patch (``cut_field_of_view``).
+    distractor_probability, lesion_probability: of a synthetic patch with distractors next to its
+    organs and lesions inside them (``distractors.py``); organ_scaling_probability: of one
+    with an organ grown or shrunk (``organ_size.py``).
     """
 
     def __init__(self, patch: tuple[int, int, int], seed: int, rotate_deg: float = 15.0, scale: float = 0.15,
                  flip_probability: float = 0.5, spec: Preprocessing | None = None,
-                 field_of_view_probability: float = FIELD_OF_VIEW_PROBABILITY):
+                 field_of_view_probability: float = FIELD_OF_VIEW_PROBABILITY,
+                 distractor_probability: float = DISTRACTOR_PROBABILITY, lesion_probability: float = LESION_PROBABILITY,
+                 organ_scaling_probability: float = ORGAN_SCALING_PROBABILITY):
         self.patch = tuple(patch)
         self.crop = tuple(int(round(n * 1.25)) for n in patch)
         self.rng = np.random.default_rng(seed)
         self.flip_probability = flip_probability
         self.field_of_view_probability = field_of_view_probability
+        self.distractor_probability, self.lesion_probability = distractor_probability, lesion_probability
+        self.organ_scaling_probability = organ_scaling_probability
         self.spec = spec
         from monai.transforms import RandAffined  # the train extra (fit checks that it is installed)
 
@@ -130,11 +142,27 @@ class Augmenter:
         self.affine.set_random_state(seed=seed)
         self.map_affine = RandAffined(keys=SYNTHETIC_MAPS, mode="nearest", **spatial)
         self.map_affine.set_random_state(seed=seed + 1)
+        self._far: dict[str, np.ndarray] = {}  # per case name: the centres of negative patches
+
+    def centre(self, case: PreparedCase | AnatomyCase, organ: int | None) -> np.ndarray | None:
+        """A crop centre (3,) in voxels far from every organ for ``NO_ORGAN`` (``negatives.py``);
+        else None (``crop_centre`` chooses)."""
+        if organ != NO_ORGAN:
+            return None
+        if case.name not in self._far:
+            if isinstance(case, PreparedCase):  # the body: above the bottom of the HU window (air)
+                labels, body = case.labels.numpy(), (case.image > PAD_VALUE + 0.05).numpy()
+            else:
+                labels, body = case.labels, case.structures > 0
+            self._far[case.name] = far_from_organs(labels, body, float(np.linalg.norm(case.affine[:3, 0])))
+        far = self._far[case.name]
+        return far[self.rng.integers(len(far))]
 
     def __call__(self, case: PreparedCase | AnatomyCase, organ: int | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
         """-> image (1, X, Y, Z) float32, labels (X, Y, Z) int64, labelled organ ids.
 
-        ``organ``: the organ that organ-centred crops centre on; None: any labelled one.
+        ``organ``: the organ that organ-centred crops centre on; None: any labelled one;
+        ``NO_ORGAN``: a centre far from every organ.
         """
         image, labels, labelled = self.synthetic(case, organ) if isinstance(case, AnatomyCase) else self.real(case, organ)
         if self.rng.random() < self.field_of_view_probability:
@@ -143,7 +171,7 @@ class Augmenter:
 
     def real(self, case: PreparedCase, organ: int | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
         """A patch of a real CT: crop, flip, deform, then contrast, brightness and noise."""
-        image, labels = random_crop(case, self.crop, self.rng, organ=organ)
+        image, labels = random_crop(case, self.crop, self.rng, organ=organ, centre=self.centre(case, organ))
         labelled = case.labelled
         if self.rng.random() < self.flip_probability:
             image, labels = flip_left_right(image, labels)
@@ -156,12 +184,15 @@ class Augmenter:
         return image.float(), labels, labelled
 
     def synthetic(self, case: AnatomyCase, organ: int | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
-        """A synthetic CT patch: crop and deform the anatomy map, then paint and corrupt it."""
+        """A synthetic CT patch: crop and deform the anatomy map, grow or shrink an organ, draw
+        distractors into it, then paint and corrupt it."""
         if self.spec is None:
             raise ValueError("an Augmenter for anatomy maps needs the model's preprocessing (spec)")
-        labels = torch.from_numpy(case.labels)
-        centre = crop_centre(labels, _centre_organs(case, organ), self.rng, FOREGROUND_FRACTION)
-        maps = {"structures": torch.from_numpy(case.structures), "labels": labels, "depth_mm": torch.from_numpy(case.depth_mm)}
+        centre = self.centre(case, organ)
+        if centre is None:
+            centre = crop_centre(torch.from_numpy(case.labels), _centre_organs(case, organ), self.rng, FOREGROUND_FRACTION)
+        maps = {"structures": torch.from_numpy(case.structures), "labels": torch.from_numpy(case.labels),
+                "depth_mm": torch.from_numpy(case.depth_mm)}
         maps = {key: crop(volume, centre, self.crop, 0) for key, volume in maps.items()}
         labelled = case.labelled
         if self.rng.random() < self.flip_probability:
@@ -171,7 +202,10 @@ class Augmenter:
             labelled = swap_labelled(labelled)
         deformed = self.map_affine({key: volume[None].float() for key, volume in maps.items()})
         structures, labels, depth = (torch.as_tensor(deformed[key])[0].round().to(torch.uint8).numpy() for key in SYNTHETIC_MAPS)
-        hu = synthesise(structures, depth, float(self.spec.spacing_mm[0]), self.rng)
+        spacing = float(self.spec.spacing_mm[0])
+        structures, labels = scale_organ(structures, labels, self.rng, self.organ_scaling_probability)
+        structures = add_distractors(structures, labels, spacing, self.rng, self.distractor_probability, self.lesion_probability)
+        hu = synthesise(structures, depth, spacing, self.rng)
         image = normalise(torch.from_numpy(hu), self.spec.hu_window)
         return image[None].float(), torch.from_numpy(labels).long(), labelled
 

@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
                             help="of a left-right mirror with kidney labels swapped")
     fit_parser.add_argument("--field-of-view-probability", type=float, default=defaults.field_of_view_probability,
                             help="of a patch in which the scan ends (an axial plane or a reconstruction circle)")
+    fit_parser.add_argument("--negative-fraction", type=float, default=defaults.negative_fraction,
+                            help="share of patches centred far (> 60 mm) from every organ, from any case")
+    fit_parser.add_argument("--distractor-probability", type=float, default=defaults.distractor_probability,
+                            help="of a synthetic patch with cysts and masses (labelled background) beside its organs")
+    fit_parser.add_argument("--lesion-probability", type=float, default=defaults.lesion_probability,
+                            help="of a synthetic patch with lesions (labelled as the organ) inside its organs")
+    fit_parser.add_argument("--organ-scaling-probability", type=float, default=defaults.organ_scaling_probability,
+                            help="of a synthetic patch with one organ grown (liver, spleen up to 1.5x) or shrunk (kidneys to 0.6x)")
     fit_parser.add_argument("--validate", type=Path, nargs="*", default=[], help="held-out case folders")
     fit_parser.add_argument("--map", dest="mapping", default=None,
                             help=f"label ids of the data -> AbdoSeg's: a preset ({', '.join(PRESETS)}) or 'theirs:ours,...'")
@@ -121,7 +129,10 @@ def run_fit(args: argparse.Namespace) -> None:
     if args.workers < 0:
         raise AbdoSegError(f"--workers must be 0 or more, not {args.workers}.")
     for name, value in (("--synthetic-fraction", args.synthetic_fraction), ("--flip-probability", args.flip_probability),
-                        ("--field-of-view-probability", args.field_of_view_probability)):
+                        ("--field-of-view-probability", args.field_of_view_probability),
+                        ("--negative-fraction", args.negative_fraction),
+                        ("--distractor-probability", args.distractor_probability), ("--lesion-probability", args.lesion_probability),
+                        ("--organ-scaling-probability", args.organ_scaling_probability)):
         if not 0 <= value <= 1:
             raise AbdoSegError(f"{name} must lie between 0 and 1, not {value}.")
     config = TrainConfig(
@@ -130,6 +141,8 @@ def run_fit(args: argparse.Namespace) -> None:
         validate_every=args.validate_every, seed=args.seed, device=args.device, name=args.name,
         synthetic_fraction=args.synthetic_fraction, flip_probability=args.flip_probability, keep=args.keep,
         workers=args.workers, field_of_view_probability=args.field_of_view_probability,
+        negative_fraction=args.negative_fraction, distractor_probability=args.distractor_probability,
+        lesion_probability=args.lesion_probability, organ_scaling_probability=args.organ_scaling_probability,
     )
     best = fit(train, validation, config, args.output, args.workdir, args.cache, args.resume, args.init, synthetic)
     print(json.dumps({"model": str(args.output), "validation": {k: v for k, v in best.items() if k != "per_case"}}, indent=2))

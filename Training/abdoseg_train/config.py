@@ -8,6 +8,8 @@ from AbdoSegLib.model.preprocessing import Preprocessing
 from AbdoSegLib.model.vnet import VNetConfig
 
 from .augment import FIELD_OF_VIEW_PROBABILITY
+from .distractors import DISTRACTOR_PROBABILITY, LESION_PROBABILITY
+from .organ_size import ORGAN_SCALING_PROBABILITY
 
 
 @dataclass
@@ -33,6 +35,10 @@ class TrainConfig:
     synthetic_fraction: float = 0.5  # of patches painted from anatomy maps, when there are both kinds
     flip_probability: float = 0.5
     field_of_view_probability: float = FIELD_OF_VIEW_PROBABILITY  # of a patch in which the scan ends
+    negative_fraction: float = 0.15  # of patches centred > 60 mm from every organ, from any case (draw.py)
+    distractor_probability: float = DISTRACTOR_PROBABILITY  # of a synthetic patch with cysts/masses beside organs
+    lesion_probability: float = LESION_PROBABILITY  # of a synthetic patch with lesions inside organs
+    organ_scaling_probability: float = ORGAN_SCALING_PROBABILITY  # of a synthetic patch with an organ grown/shrunk
     keep: str = "best"  # which network is exported: "best" on validation, or "last" (no selection)
     workers: int = 0  # processes that prepare cases and paint patches (0: the training process itself)
     seed: int = 0

@@ -45,9 +45,13 @@ class PatchBatches(IterableDataset):
         rng = np.random.default_rng(draw_seed)
         # MONAI's random state takes a 32-bit seed, and the Augmenter uses seed + 1 as well.
         augment = Augmenter(self.config.patch, int(augment_seed) % (2**31), flip_probability=self.config.flip_probability,
-                            spec=self.config.preprocessing, field_of_view_probability=self.config.field_of_view_probability)
+                            spec=self.config.preprocessing, field_of_view_probability=self.config.field_of_view_probability,
+                            distractor_probability=self.config.distractor_probability,
+                            lesion_probability=self.config.lesion_probability,
+                            organ_scaling_probability=self.config.organ_scaling_probability)
         while True:
-            samples = [augment(*draw_case(self.real, self.synthetic, self.config.synthetic_fraction, rng))
+            samples = [augment(*draw_case(self.real, self.synthetic, self.config.synthetic_fraction, rng,
+                                             self.config.negative_fraction))
                        for _ in range(self.config.batch_size)]
             yield (torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples]),
                    class_mask([s[2] for s in samples]))

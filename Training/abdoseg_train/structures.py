@@ -3,7 +3,8 @@
 0-21 are the ids the 3D-IRCADb anatomy maps store; 22 is drawn by the training package where
 those maps leave the chest unlabelled (``thorax.py``) and is also what other maps call the heart;
 23-26 are labelled only by the maps of other sets (TotalSegmentator, BTCV, AMOS), whose classes
-``label_tables.py`` translates to these names.
+``label_tables.py`` translates to these names; 27, a cyst outside the organs, is drawn into
+training patches as a distractor.
 """
 
 MAP_STRUCTURES = {
@@ -14,5 +15,6 @@ MAP_STRUCTURES = {
 }
 DERIVED_STRUCTURES = {22: "heart"}
 OTHER_MAP_STRUCTURES = {23: "bowel", 24: "muscle", 25: "urinary_bladder", 26: "kidney_cyst"}
-STRUCTURES = {**MAP_STRUCTURES, **DERIVED_STRUCTURES, **OTHER_MAP_STRUCTURES}
+PATCH_STRUCTURES = {27: "cyst"}  # drawn into one training patch only (``distractors.py``)
+STRUCTURES = {**MAP_STRUCTURES, **DERIVED_STRUCTURES, **OTHER_MAP_STRUCTURES, **PATCH_STRUCTURES}
 STRUCTURE_IDS = {name: label for label, name in STRUCTURES.items()}

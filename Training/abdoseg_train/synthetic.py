@@ -7,7 +7,8 @@ A synthetic scan is made in three steps, all in Hounsfield units on the model gr
    a drawn spread); the body outside the labelled structures becomes a mixture of fat, soft
    tissue (muscle, bowel wall), gas and, sometimes, oral contrast, with more fat under the skin
    and around the kidneys, muscle over the liver and spleen, and gas and contrast only in the
-   bowel, beneath the body wall.
+   bowel, beneath the body wall. Labelled bowel and stomach are painted as hollow organs: a wall
+   around gas, fluid, faeces or oral contrast (``bowel.py``).
    With probability ``random_phase`` every soft-tissue structure instead gets any mean in
    ``RANDOM_SOFT_TISSUE_HU`` (SynthSeg-style randomisation, so that the network cannot rely on
    one organ's exact brightness);
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .bowel import paint_bowel, paint_stomach
+from .fields import smooth_field
 from .structures import STRUCTURE_IDS
 
 PHASES = ("portal_venous", "arterial", "unenhanced")
@@ -63,7 +66,7 @@ TISSUES: dict[int, Tissue] = {
     STRUCTURE_IDS["vein"]: Tissue({"portal_venous": (120, 190), "arterial": (60, 130), "unenhanced": (30, 50)}, (5, 20)),
     STRUCTURE_IDS["portal_vein"]: Tissue({"portal_venous": (150, 210), "arterial": (80, 160), "unenhanced": (30, 50)}, (5, 20)),
     STRUCTURE_IDS["gallbladder"]: Tissue(_same(-5, 30), (3, 10)),
-    STRUCTURE_IDS["stomach"]: Tissue(_same(-20, 50), (10, 30)),
+    STRUCTURE_IDS["stomach"]: Tissue(_same(-20, 50), (10, 30)),  # its contents; wall and gas cap: bowel.py
     STRUCTURE_IDS["pancreas"]: Tissue({"portal_venous": (80, 130), "arterial": (90, 150), "unenhanced": (30, 50)}, (8, 20)),
     STRUCTURE_IDS["adrenal_gland"]: Tissue(_same(20, 70), (5, 15)),
     STRUCTURE_IDS["liver_tumour"]: Tissue({"portal_venous": (30, 100), "arterial": (40, 160), "unenhanced": (20, 50)}, (8, 25)),
@@ -75,13 +78,15 @@ TISSUES: dict[int, Tissue] = {
     STRUCTURE_IDS["resection_site"]: Tissue(_same(-40, 50), (10, 30)),
     # Blood pool and myocardium; arterial-phase left-heart blood reaches the aorta's brightness.
     STRUCTURE_IDS["heart"]: Tissue({"portal_venous": (100, 200), "arterial": (130, 400), "unenhanced": (30, 55)}, (10, 30)),
-    # Labelled only by other sets' maps. Bowel: on a 3 mm grid a mixture of the enhancing wall and
-    # fluid or stool content; its gas pockets are not drawn. Skeletal muscle: 40-60 HU unenhanced,
+    # Labelled only by other sets' maps. Bowel: its enhancing wall; the contents (gas, fluid, faeces,
+    # oral contrast) are painted by bowel.py. Skeletal muscle: 40-60 HU unenhanced,
     # lower in fatty (older) muscle, +5-15 HU after contrast. Urine and simple cysts: water, 0-20 HU.
-    STRUCTURE_IDS["bowel"]: Tissue({"portal_venous": (10, 80), "arterial": (10, 70), "unenhanced": (0, 45)}, (10, 35)),
+    STRUCTURE_IDS["bowel"]: Tissue({"portal_venous": (60, 120), "arterial": (50, 110), "unenhanced": (25, 50)}, (5, 15)),
     STRUCTURE_IDS["muscle"]: Tissue({"portal_venous": (35, 75), "arterial": (35, 70), "unenhanced": (30, 60)}, (6, 18)),
     STRUCTURE_IDS["urinary_bladder"]: Tissue(_same(0, 20), (3, 10)),
     STRUCTURE_IDS["kidney_cyst"]: Tissue(_same(-5, 20), (3, 10)),
+    # A simple cyst outside the organs (a distractor): water with a sharp wall, little texture.
+    STRUCTURE_IDS["cyst"]: Tissue(_same(0, 25), (1, 5)),
 }
 
 # The unlabelled body: (low, high) of each component's mean HU and its texture spread.
@@ -89,14 +94,7 @@ FAT_HU, FAT_SPREAD = (-130.0, -70.0), (8.0, 20.0)
 SOFT_HU, SOFT_SPREAD = (15.0, 65.0), (8.0, 20.0)
 GAS_HU = (-1000.0, -500.0)
 ORAL_CONTRAST_HU = (150.0, 450.0)
-BODY = STRUCTURE_IDS["body_other"]
-
-
-def smooth_field(shape: tuple[int, ...], sigma_voxels: float, rng: np.random.Generator) -> np.ndarray:
-    """A (shape) float32 Gaussian random field smoothed by ``sigma_voxels``, mean 0 and std 1."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma_voxels, mode="reflect")
-    field -= field.mean()
-    return field / max(float(field.std()), 1e-6)
+BODY, BOWEL, STOMACH = STRUCTURE_IDS["body_other"], STRUCTURE_IDS["bowel"], STRUCTURE_IDS["stomach"]
 
 
 def choose_phase(rng: np.random.Generator) -> str:
@@ -122,7 +120,12 @@ def paint(structures: np.ndarray, depth_mm: np.ndarray, rng: np.random.Generator
             continue
         tissue = TISSUES[int(label)]
         low, high = RANDOM_SOFT_TISSUE_HU if randomise and tissue.soft else tissue.mean_hu[phase]
-        hu[inside] = rng.uniform(low, high) + rng.uniform(*tissue.spread_hu) * texture[inside]
+        if label == BOWEL:
+            hu[inside] = paint_bowel(inside, (low, high), texture, rng)
+        elif label == STOMACH:
+            hu[inside] = paint_stomach(inside, TISSUES[BOWEL].mean_hu[phase], (low, high), texture, rng)
+        else:
+            hu[inside] = rng.uniform(low, high) + rng.uniform(*tissue.spread_hu) * texture[inside]
     return hu
 
 
