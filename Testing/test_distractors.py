@@ -75,3 +75,13 @@ def test_an_organ_grows_only_into_the_unlabelled_body_or_shrinks_with_structures
         assert low - 0.01 <= factor <= high + 0.01
         factors[organ] = factors.get(organ, []) + [factor]
     assert len(factors) >= 3 and any(f < 0.95 for fs in factors.values() for f in fs) and any(f > 1.05 for fs in factors.values() for f in fs)
+
+
+def test_a_one_voxel_organ_gets_a_distractor_beside_it():
+    """Its only surface point is its centroid: the blob goes in a random direction instead of nowhere (NaN)."""
+    structures = np.full((24, 24, 24), HOSTS[0], dtype=np.uint8)
+    labels = np.zeros_like(structures)
+    labels[12, 12, 12] = structures[12, 12, 12] = 1
+    with np.errstate(invalid="raise", divide="raise"):
+        drawn = add_distractors(structures, labels, 3.0, np.random.default_rng(0), 1.0, 0.0)
+    assert np.isin(drawn, (CYST, MASS)).any() and drawn[12, 12, 12] == 1

@@ -69,7 +69,11 @@ def _beside(organ: np.ndarray, spacing_mm: float, rng: np.random.Generator, lobu
     surface = np.argwhere(organ & ~ndimage.binary_erosion(organ))
     point = surface[rng.integers(len(surface))]
     direction = point - np.argwhere(organ).mean(axis=0)
-    direction /= max(float(np.linalg.norm(direction)), 1e-6)
+    length = float(np.linalg.norm(direction))
+    if length < 1e-6:  # a surface point at the centroid (a tiny organ): any direction will do
+        direction = rng.normal(size=3)
+        length = float(np.linalg.norm(direction))
+    direction = direction / length
     axes = np.minimum(rng.uniform(*DISTRACTOR_RADIUS_MM) * rng.uniform(0.75, 1.33, 3), MAX_AXIS_MM) / spacing_mm
     reach = 1.0 / np.sqrt(np.sum((direction / axes) ** 2))  # the blob's half-extent along ``direction``
     centre = point + direction * (reach + rng.uniform(0, GAP_MM) / spacing_mm)

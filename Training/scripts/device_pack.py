@@ -66,16 +66,32 @@ def fit(pack_file: Path, options: list[str]) -> int:
         prefix = f"{kind}/{entry['name']}/"
         return {key[len(prefix):]: stored[key] for key in stored.files if key.startswith(prefix)}
 
-    real = {e["name"]: PreparedCase(e["name"], **_tensors(fields("real", e), torch), labelled=tuple(e["labelled"])) for e in index["real"]}
-    maps = {e["name"]: AnatomyCase(e["name"], labelled=tuple(e["labelled"]), **fields("synthetic", e)) for e in index["synthetic"]}
+    real = _PACKED["real"] = {e["name"]: PreparedCase(e["name"], **_tensors(fields("real", e), torch), labelled=tuple(e["labelled"]))
+                              for e in index["real"]}
+    maps = _PACKED["synthetic"] = {e["name"]: AnatomyCase(e["name"], labelled=tuple(e["labelled"]), **fields("synthetic", e))
+                                   for e in index["synthetic"]}
     nowhere = Path("packed")
     cli.discover_cases = lambda root, mapping=None: [Case(name, nowhere, case.labelled) for name, case in real.items()]
     cli.discover_anatomy = lambda path: [AnatomySource(name, nowhere, nowhere, nowhere) for name in maps]
-    fit_module.prepare = lambda case, spec, cache_dir=None: real[case.name]
-    fit_module.load_anatomy = lambda source, spec, cache_dir=None: maps[source.name]
+    fit_module.prepare = _packed_case
+    fit_module.load_anatomy = _packed_map
     given = ["--train", str(pack_file)] if real else []
     given += ["--synthetic", str(pack_file)] if maps else []
     return cli.main(["fit", *given, "--spacing", str(index["spacing_mm"]), *options])
+
+
+_PACKED: dict[str, dict] = {}
+"""The pack's prepared cases and maps by name; module-level so that forked loader processes find them."""
+
+
+def _packed_case(case, spec, cache_dir=None):
+    """Stands for ``prepared.prepare``."""
+    return _PACKED["real"][case.name]
+
+
+def _packed_map(source, spec, cache_dir=None):
+    """Stands for ``anatomy.load_anatomy``."""
+    return _PACKED["synthetic"][source.name]
 
 
 def _tensors(values: dict, torch) -> dict:
