@@ -27,7 +27,7 @@ from AbdoSegLib.io.image_files import read_image  # noqa: E402
 from AbdoSegLib.model.bundle import ModelBundle, load_bundle, save_bundle  # noqa: E402
 from AbdoSegLib.model.preprocessing import Preprocessing  # noqa: E402
 from AbdoSegLib.model.vnet import VNet, VNetConfig  # noqa: E402
-from AbdoSegLib.resources import SAMPLE_CASE_ID, SAMPLE_CT, SAMPLE_REFERENCE  # noqa: E402
+from AbdoSegLib.resources import DEFAULT_BUNDLE, SAMPLE_CASE_ID, SAMPLE_CT, SAMPLE_REFERENCE  # noqa: E402
 
 # Small and predictable on a 2-core CI machine.
 torch.set_num_threads(2)
@@ -79,6 +79,12 @@ def ts_dicom_ct(test_data: Path) -> Image:
 
 
 @pytest.fixture(scope="session")
+def default_model_bundle() -> ModelBundle:
+    """The bundled default model (``resources.DEFAULT_BUNDLE``), loaded: segments real CT in about a second."""
+    return load_bundle(DEFAULT_BUNDLE)
+
+
+@pytest.fixture(scope="session")
 def tiny_bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight V-Net bundle (width 4, depth 2): exercises the mechanics, segments nothing real."""
     with torch.random.fork_rng(devices=[]):
@@ -102,6 +108,14 @@ def tiny_bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model_bundle(tiny_bundle_path: Path) -> ModelBundle:
     """The fixture bundle, loaded (network in eval mode on the CPU)."""
     return load_bundle(tiny_bundle_path)
+
+
+def crop(image: Image, box: tuple[slice, slice, slice]) -> Image:
+    """The part of ``image`` inside ``box`` (slices along i, j, k), its affine moved to the crop's first voxel."""
+    origin = np.array([s.indices(n)[0] for s, n in zip(box, image.shape)] + [1.0])
+    affine = image.affine.copy()
+    affine[:, 3] = image.affine @ origin
+    return Image(np.ascontiguousarray(image.array[box]), affine)
 
 
 def voxel_world(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -16,10 +16,11 @@ import slicerio
 import torch
 
 from AbdoSegLib.cli import main
-from AbdoSegLib.io.image_files import read_image
+from AbdoSegLib.io.image_files import read_image, write_image
 from AbdoSegLib.organs import ORGANS
-from AbdoSegLib.outputs import LABELS_FILE, SEGMENTATION_FILE, SUMMARY_FILE
-from AbdoSegLib.resources import SAMPLE_CT
+from AbdoSegLib.outputs import LABELS_FILE, SEGMENTATION_FILE, SUMMARY_FILE, SURFACES_FOLDER
+from AbdoSegLib.resources import DEFAULT_BUNDLE, SAMPLE_CT
+from conftest import crop
 
 ABDOSEG = [sys.executable, "-m", "AbdoSegLib.cli"]
 
@@ -42,10 +43,11 @@ def assert_refused(result: subprocess.CompletedProcess, *phrases: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def segmented(tmp_path_factory, tiny_bundle_path) -> Path:
-    """The sample CT segmented once through the command line (in-process)."""
+def segmented(tmp_path_factory) -> Path:
+    """The sample CT segmented once through the command line (in-process) with the default model,
+    which finds all four organs (a random-weight model finds none)."""
     out = tmp_path_factory.mktemp("cli") / "result"
-    assert main(["segment", str(SAMPLE_CT), "-o", str(out), "--model", str(tiny_bundle_path), "--progress", "none"]) == 0
+    assert main(["segment", str(SAMPLE_CT), "-o", str(out), "--progress", "none"]) == 0
     return out
 
 
@@ -74,20 +76,21 @@ def test_segment_writes_a_slicer_segmentation_with_terminology(segmented):
     np.testing.assert_allclose(lps_to_ras @ info["ijkToLPS"], labels.affine, atol=1e-4)
 
 
-def test_segment_summary_reports_organs_model_and_timings(segmented, tiny_bundle_path):
+def test_segment_summary_reports_organs_model_and_timings(segmented):
     summary = json.loads((segmented / SUMMARY_FILE).read_text())
     labels = read_image(segmented / LABELS_FILE)
     ct = read_image(SAMPLE_CT)
     for organ in ORGANS:
         entry = summary["organs"][organ.name]
         voxels = int((labels.array == organ.label).sum())
-        assert entry["voxels"] == voxels
+        assert voxels > 1000 and entry["voxels"] == voxels
         assert entry["volume_ml"] == pytest.approx(voxels * 27 / 1000, abs=0.01)  # 3 mm voxels
         assert summary["qa"]["volumes"][organ.name]["volume_ml"] == entry["volume_ml"]  # the QA judges the measured volume
-        if voxels:
-            assert entry["mean_hu"] == pytest.approx(float(ct.array[labels.array == organ.label].mean()), abs=0.1)
+        assert entry["mean_hu"] == pytest.approx(float(ct.array[labels.array == organ.label].mean()), abs=0.1)
+        assert entry["status"] == "found" and entry["reason"] is None
+        assert 0.93 <= entry["confidence"] <= 1.0  # measured 0.973-0.984
     assert summary["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert summary["model"]["path"] == str(tiny_bundle_path)
+    assert summary["model"]["path"] == str(DEFAULT_BUNDLE)
     assert len(summary["model"]["sha256"]) == 64
     assert {"read", "preprocess", "inference", "postprocess", "write", "total"} <= set(summary["timings_s"])
 
@@ -110,6 +113,25 @@ def test_existing_output_is_kept_unless_forced(tmp_path, tiny_bundle_path):
     assert (out / "keep.txt").read_text() == "mine"
     assert main(["segment", str(SAMPLE_CT), "-o", str(out), "--model", str(tiny_bundle_path), "--force", "--progress", "none"]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted([LABELS_FILE, SEGMENTATION_FILE, SUMMARY_FILE])
+
+
+def test_a_scan_without_the_organs_draws_none_and_says_why(tmp_path, ts_example_ct, capsys):
+    """The sample's slices below the kidneys: every organ is reported not found, with its reason, in the
+    summary, the QA warnings and the printed table; --surfaces writes no surface and the run succeeds."""
+    ct_path = tmp_path / "pelvis.nii.gz"
+    write_image(crop(ts_example_ct, (slice(None), slice(None), slice(0, 60))), ct_path)
+    out = tmp_path / "out"
+    assert main(["segment", str(ct_path), "-o", str(out), "--surfaces", "stl", "--progress", "none"]) == 0
+    assert not read_image(out / LABELS_FILE).array.any()
+    assert not (out / SURFACES_FOLDER).exists()
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    printed = capsys.readouterr().out
+    for organ in ORGANS:
+        entry = summary["organs"][organ.name]
+        assert (entry["status"], entry["voxels"], entry["confidence"]) == ("not found", 0, None)
+        assert entry["reason"].startswith("what the network drew")
+        assert f"No {organ.title.lower()} was found: {entry['reason']}." in summary["qa"]["warnings"]
+        assert any(line.split() == [organ.name, "not", "found"] for line in printed.splitlines())
 
 
 def _write_nifti(path: Path, array: np.ndarray) -> Path:

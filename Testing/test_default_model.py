@@ -45,7 +45,9 @@ def test_default_model_segments_the_sample(segmented):
     scores = dice_per_organ(predicted, reference)
     for organ, floor in SAMPLE_DICE_FLOOR.items():
         assert scores[organ] >= floor, scores
-    laterality = json.loads((segmented / SUMMARY_FILE).read_text())["qa"]["laterality"]
+    qa = json.loads((segmented / SUMMARY_FILE).read_text())["qa"]
+    assert qa["warnings"] == []  # volumes, extents, confidence and laterality all plausible
+    laterality = qa["laterality"]
     liver_vs_spleen = [check for check in laterality["checks"] if "spleen" in check["x_mm"] and "liver" in check["x_mm"]]
     assert liver_vs_spleen and liver_vs_spleen[0]["ok"]
 

@@ -13,12 +13,12 @@ from torch import nn
 from AbdoSegLib.image import Image
 from AbdoSegLib.inference import predict
 from AbdoSegLib.inference.cleanup import FAT_MAX_HU, clean_labels
-from AbdoSegLib.inference.predict import count_windows, infer_probabilities, segment
+from AbdoSegLib.inference.predict import count_windows, infer_probabilities, segment, window_size
 from AbdoSegLib.inference.sliding_window import MIN_WEIGHT, gaussian_weights, window_starts
 from AbdoSegLib.inference.upsampling import labels_on_input_grid
-from AbdoSegLib.model.preprocessing import PAD_VALUE, canonical, model_grid
-from AbdoSegLib.organs import NUM_CLASSES
-from conftest import voxel_world
+from AbdoSegLib.model.preprocessing import PAD_VALUE, canonical, model_grid, preprocess
+from AbdoSegLib.organs import NUM_CLASSES, ORGAN_NAMES, ORGANS
+from conftest import crop, voxel_world
 
 CPU = torch.device("cpu")
 
@@ -161,8 +161,8 @@ def test_probabilities_are_a_distribution(tiny_model_bundle):
 
 
 @pytest.fixture(scope="module")
-def ts_example_prediction(ts_example_ct, tiny_model_bundle) -> predict.Prediction:
-    return segment(ts_example_ct, tiny_model_bundle, device="cpu")
+def ts_example_prediction(ts_example_ct, default_model_bundle) -> predict.Prediction:
+    return segment(ts_example_ct, default_model_bundle, device="cpu")
 
 
 def test_segment_labels_lie_on_the_input_grid(ts_example_ct, ts_example_prediction):
@@ -175,9 +175,27 @@ def test_segment_labels_lie_on_the_input_grid(ts_example_ct, ts_example_predicti
     assert {"preprocess", "inference", "postprocess"} <= set(ts_example_prediction.timings_s)
 
 
-def test_segment_is_deterministic(ts_example_ct, tiny_model_bundle, ts_example_prediction):
-    again = segment(ts_example_ct, tiny_model_bundle, device="cpu")
+def test_segment_is_deterministic(ts_example_ct, default_model_bundle, ts_example_prediction):
+    again = segment(ts_example_ct, default_model_bundle, device="cpu")
+    assert set(np.unique(again.labels.array)) == {0, 1, 2, 3, 4}
     np.testing.assert_array_equal(again.labels.array, ts_example_prediction.labels.array)
+    assert again.presence == ts_example_prediction.presence
+
+
+def test_confidence_is_the_mean_probability_of_each_organ_over_its_model_grid_voxels(ts_example_ct, default_model_bundle, ts_example_prediction):
+    bundle = default_model_bundle
+    volume, grid = preprocess(ts_example_ct, bundle.preprocessing)
+    probabilities = infer_probabilities(bundle.network, volume, window_size(grid.shape, bundle.patch_size, bundle.network.config.divisor), bundle.overlap, CPU)
+    cleaned = predict.cleaned_labels(probabilities, volume, bundle.preprocessing.hu_window)
+    assert list(ts_example_prediction.confidence) == list(ORGAN_NAMES)  # all four found in the sample
+    for organ in ORGANS:
+        inside = torch.from_numpy(cleaned == organ.label)
+        decision = ts_example_prediction.presence[organ.name]
+        assert decision.found and decision.reason is None and decision.touches_edge == (organ.name in ("liver", "spleen"))
+        assert decision.confidence == pytest.approx(float(probabilities[organ.label][inside].double().mean()), abs=1e-9)
+        assert ts_example_prediction.confidence[organ.name] == decision.confidence
+        assert 0.95 < decision.confidence < 1.0  # measured 0.973-0.984
+        assert decision.volume_ml == pytest.approx(int(inside.sum()) * 27 / 1000)
 
 
 def test_segment_dicom_labels_lie_on_the_input_grid(ts_dicom_ct, tiny_model_bundle):
@@ -185,13 +203,6 @@ def test_segment_dicom_labels_lie_on_the_input_grid(ts_dicom_ct, tiny_model_bund
     assert labels.shape == (512, 512, 20)
     np.testing.assert_array_equal(labels.affine, ts_dicom_ct.affine)
     assert labels.array.dtype == np.uint8
-
-
-def _crop(image: Image, box) -> Image:
-    origin = np.array([s.indices(n)[0] for s, n in zip(box, image.shape)] + [1.0])
-    affine = image.affine.copy()
-    affine[:, 3] = image.affine @ origin
-    return Image(np.ascontiguousarray(image.array[box]), affine)
 
 
 def _stored_otherwise(image: Image) -> Image:
@@ -204,23 +215,24 @@ def _stored_otherwise(image: Image) -> Image:
     return Image(array, image.affine @ permute)
 
 
-def test_segment_labels_follow_the_input_voxel_order(ts_example_ct, tiny_model_bundle):
-    """The same CT stored in another voxel order gets the same labels, in that order."""
-    crop = _crop(ts_example_ct, (slice(20, 84), slice(10, 74), slice(30, 78)))
-    other = _stored_otherwise(crop)
-    np.testing.assert_array_equal(other.array[5, 7, 9], crop.array[7, 9, crop.shape[2] - 1 - 5])
-    labels = segment(crop, tiny_model_bundle, device="cpu").labels.array
-    other_labels = segment(other, tiny_model_bundle, device="cpu").labels.array
+def test_segment_labels_follow_the_input_voxel_order(ts_example_ct, default_model_bundle):
+    """The same CT stored in another voxel order gets the same labels, in that order (the default model:
+    a random one finds no organ)."""
+    part = crop(ts_example_ct, (slice(20, 84), slice(10, 74), slice(30, 78)))
+    other = _stored_otherwise(part)
+    np.testing.assert_array_equal(other.array[5, 7, 9], part.array[7, 9, part.shape[2] - 1 - 5])
+    labels = segment(part, default_model_bundle, device="cpu").labels.array
+    other_labels = segment(other, default_model_bundle, device="cpu").labels.array
     assert labels.any()
     np.testing.assert_array_equal(other_labels, np.ascontiguousarray(labels.transpose(2, 0, 1)[::-1]))
 
 
-def test_segment_of_lps_dicom_matches_segment_of_its_ras_copy(ts_dicom_ct, tiny_model_bundle):
-    crop = _crop(ts_dicom_ct, (slice(128, 384), slice(128, 384), slice(None)))
-    ras_array, ras_affine, _ = canonical(crop)
+def test_segment_of_lps_dicom_matches_segment_of_its_ras_copy(ts_dicom_ct, default_model_bundle):
+    part = crop(ts_dicom_ct, (slice(128, 384), slice(128, 384), slice(None)))
+    ras_array, ras_affine, _ = canonical(part)
     ras = Image(np.ascontiguousarray(ras_array), ras_affine)
-    labels = segment(crop, tiny_model_bundle, device="cpu").labels
-    ras_labels = segment(ras, tiny_model_bundle, device="cpu").labels
+    labels = segment(part, default_model_bundle, device="cpu").labels
+    ras_labels = segment(ras, default_model_bundle, device="cpu").labels
     assert labels.array.any()
     np.testing.assert_array_equal(canonical(labels)[0], ras_labels.array)
 

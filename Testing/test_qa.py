@@ -1,5 +1,6 @@
-"""QA of a labelmap: organ volumes against typical adult ranges and laterality in world space,
-on real cases (the bundled sample, Testing/Data) and on synthetic mirrors and boxes."""
+"""QA of a labelmap: organ volumes against typical adult ranges, organ extents against plausible sizes,
+the network's confidence, and laterality in world space, on real cases (the bundled sample, Testing/Data)
+and on synthetic mirrors and boxes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from AbdoSegLib.analysis.qa import TYPICAL_VOLUME_ML, qa_report
+from AbdoSegLib.analysis.qa import LOW_CONFIDENCE, MAX_EXTENT_MM, TYPICAL_VOLUME_ML, qa_report
 from AbdoSegLib.analysis.summary import organ_measurements
 from AbdoSegLib.image import Image
 from AbdoSegLib.io.image_files import read_image
@@ -151,3 +152,66 @@ def test_the_report_is_plain_json(ts_labels, msd_labels):
     for labels in (ts_labels, msd_labels):
         report = qa_report(labels)
         assert json.loads(json.dumps(report, allow_nan=False)) == report
+
+
+def _box_labels(organ: str, size: tuple[int, int, int], affine: np.ndarray) -> Image:
+    """One organ as a box of ``size`` voxels with a 3-voxel margin of background."""
+    array = np.zeros(tuple(n + 6 for n in size), np.uint8)
+    array[3:-3, 3:-3, 3:-3] = organ_by_name(organ).label
+    return Image(array, affine)
+
+
+def _extent_warnings(report: dict) -> list[str]:
+    return [w for w in report["warnings"] if " spans " in w]
+
+
+TWO_MM = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+@pytest.mark.parametrize(
+    "organ, size, warning",
+    [
+        ("right_kidney", (20, 30, 85), "The right kidney spans 170 mm from head to foot, more than the 160 mm plausible for an adult right kidney"),
+        ("right_kidney", (20, 30, 60), None),  # 12 cm long: a normal kidney
+        ("left_kidney", (65, 20, 50), "The left kidney spans 130 mm from side to side, more than the 120 mm plausible for an adult left kidney"),
+        ("spleen", (40, 40, 105), "The spleen spans 210 mm from head to foot, more than the 200 mm plausible for an adult spleen"),
+        ("liver", (155, 80, 60), "The liver spans 310 mm from side to side, more than the 300 mm plausible for an adult liver"),
+        ("liver", (140, 110, 145), None),  # 28 x 22 x 29 cm: large, within the bounds
+    ],
+)
+def test_an_organ_spanning_beyond_its_plausible_size_is_warned(organ, size, warning):
+    report = qa_report(_box_labels(organ, size, TWO_MM))
+    entry = report["extents"][organ]
+    assert entry["extent_mm"] == [2.0 * n for n in size]  # edge to edge: voxels x 2 mm
+    assert entry["max_extent_mm"] == list(MAX_EXTENT_MM[organ]) and entry["within"] is (warning is None)
+    if warning is None:
+        assert _extent_warnings(report) == []
+    else:
+        assert _extent_warnings(report) == [f"{warning}; it may have taken in a neighbouring structure."]
+
+
+def test_extents_are_measured_along_the_world_axes_not_the_array_axes():
+    """The 17 cm kidney box stored with i running head to foot (i -> S, j -> R, k -> A)."""
+    affine = np.array([[0, 2.0, 0, 0], [0, 0, 2.0, 0], [2.0, 0, 0, 0], [0, 0, 0, 1]])
+    report = qa_report(_box_labels("right_kidney", (85, 20, 30), affine))
+    assert report["extents"]["right_kidney"]["extent_mm"] == [40.0, 60.0, 170.0]
+    (warning,) = _extent_warnings(report)
+    assert warning.startswith("The right kidney spans 170 mm from head to foot")
+
+
+def test_low_confidence_and_the_reason_an_organ_is_missing_are_warned(ts_labels):
+    ct = read_image(SAMPLE_CT)
+    measurements = organ_measurements(ts_labels, ct)
+    for name in ORGAN_NAMES:
+        measurements[name].update(status="found", confidence=0.97, reason=None)
+    assert qa_report(ts_labels, ct, measurements)["warnings"] == []
+    measurements["liver"]["confidence"] = 0.91
+    reason = "what the network drew (16 mL) has a confidence of 0.700, below the 0.90 required"
+    measurements["spleen"] = {"volume_ml": 0.0, "voxels": 0, "mean_hu": None, "status": "not found", "confidence": None, "reason": reason}
+    no_spleen = ts_labels.with_array(np.where(ts_labels.array == SPLEEN, 0, ts_labels.array).astype(np.uint8))
+    report = qa_report(no_spleen, ct, measurements)
+    assert report["low_confidence_below"] == LOW_CONFIDENCE
+    assert report["warnings"] == [
+        f"The network's confidence in the liver is 0.910, below {LOW_CONFIDENCE:.2f}: check that it is the liver.",
+        f"No spleen was found: {reason}.",
+    ]

@@ -1,6 +1,8 @@
-"""Plausibility checks of a labelmap: organ volumes against typical adult ranges, and laterality.
+"""Plausibility checks of a labelmap: organ volumes against typical adult ranges, organ extents against
+plausible adult sizes, the network's confidence, and laterality.
 
-Nothing here fails: a finding is a warning sentence for the user to look at.
+Nothing here fails: a finding is a warning sentence for the user to look at. An organ in several distant
+pieces is not checked: the clean-up keeps one connected piece per organ.
 
 Laterality is judged in world space. World coordinates are RAS: +x points to the patient's
 right (the DICOM LPS +x, the patient's left, negated). The sample case shared/data/ts_example
@@ -28,6 +30,29 @@ _RANGES_ML = {"liver": (800.0, 2500.0), "right_kidney": (90.0, 300.0), "left_kid
 TYPICAL_VOLUME_ML: dict[str, tuple[float, float]] = {organ.name: _RANGES_ML[organ.name] for organ in ORGANS}
 """Typical adult volume range (low, high) in mL of every organ of the table, keyed by organ name."""
 
+# Plausible maxima of an organ's extent along the world axes (R-L, A-P, S-I) in mm, far beyond normal
+# adult sizes so that only gross errors (a neighbour taken in, a label running along the colon) warn.
+# - liver: craniocaudal span 14.0 +- 1.7 cm at the midclavicular line (Kratzer et al., J Ultrasound Med
+#   2003;22(11):1155-1161, 2080 adults); 30 cm along any axis is about twice its usual extent.
+# - kidney: length 11.2 cm (left) and 10.9 cm (right), SD about 1 cm, width 5-6 cm (Emamian et al.,
+#   AJR 1993;160(1):83-86, 665 adults); 16 cm head to foot and 12 cm across leave room for a dilated pelvis.
+# - spleen: up to about 12-13 cm long in adults; beyond 20 cm is massive splenomegaly or a neighbour taken in.
+_MAX_EXTENT_MM = {
+    "liver": (300.0, 300.0, 300.0),
+    "right_kidney": (120.0, 120.0, 160.0),
+    "left_kidney": (120.0, 120.0, 160.0),
+    "spleen": (200.0, 200.0, 200.0),
+}
+MAX_EXTENT_MM: dict[str, tuple[float, float, float]] = {organ.name: _MAX_EXTENT_MM[organ.name] for organ in ORGANS}
+"""Plausible maximum extent (mm) of every organ along world R-L, A-P and S-I, keyed by organ name."""
+
+_AXIS_PHRASES = ("from side to side", "from front to back", "from head to foot")
+
+LOW_CONFIDENCE = 0.93
+"""An organ found with a confidence below this is warned about. Above the not-found threshold (0.90,
+``inference/presence.py``): the default model measured 0.96-0.98 on whole real organs, and 0.90-0.93 both on
+real organs in thick-slice or cut scans and on organs drawn where there is none."""
+
 LATERALITY_PAIRS: tuple[tuple[str, str], ...] = (("right_kidney", "left_kidney"), ("liver", "spleen"))
 """(organ on the patient's right, organ on the patient's left) pairs checked against each other."""
 
@@ -36,11 +61,17 @@ BODY_HU = -500.0
 
 
 def qa_report(labels: Image, ct: Image | None = None, measurements: dict[str, dict] | None = None) -> dict:
-    """Volumes and laterality of a labelmap (integer organ ids, shape (I, J, K)).
+    """Volumes, extents, confidence and laterality of a labelmap (integer organ ids, shape (I, J, K)).
 
     measurements: ``summary.organ_measurements(labels, ct)`` when the caller has it already:
     its ``volume_ml`` are the volumes judged and reported (so that a summary states each volume
     once, and the voxels are not counted again); without it the organs' voxels are counted here.
+    Where an organ's entry also has ``confidence`` (the segment command adds it, with ``reason``
+    for an organ not found), a confidence below ``LOW_CONFIDENCE`` is warned about and a missing
+    organ's warning gives the reason.
+
+    Each organ's extent along the world axes R-L, A-P and S-I (mm) is that of its voxels' bounding
+    box, edge to edge (for an oblique grid, of the box's corners), compared with ``MAX_EXTENT_MM``.
 
     For each pair of ``LATERALITY_PAIRS`` whose organs are both present, the right-side organ's
     centroid must lie at a larger world x (further to the patient's right) than the left-side
@@ -49,12 +80,13 @@ def qa_report(labels: Image, ct: Image | None = None, measurements: dict[str, di
     given (any grid), else the x of the centre of the labelmap's field of view.
 
     Returns {"volumes": {organ: {"volume_ml", "typical_range_ml", "within", "touches_edge"}},
-    "laterality": {"midline_x_mm", "midline_from", "centroids_ras_mm": {organ: [x, y, z] or None},
-    "checks": [{"rule", "ok", "x_mm"}], "ok": all checks pass (None without any check)},
-    "warnings": [sentences]}.
+    "extents": {organ: {"extent_mm": [R-L, A-P, S-I] or None, "max_extent_mm", "within" (None
+    when absent)}}, "low_confidence_below": LOW_CONFIDENCE, "laterality": {"midline_x_mm",
+    "midline_from", "centroids_ras_mm": {organ: [x, y, z] or None}, "checks": [{"rule", "ok",
+    "x_mm"}], "ok": all checks pass (None without any check)}, "warnings": [sentences]}.
     """
     boxes = bounding_boxes(labels.array)
-    volumes, centroids, warnings = {}, {}, []
+    volumes, extents, centroids, warnings = {}, {}, {}, []
     for organ in ORGANS:
         box = boxes[organ.label - 1] if organ.label <= len(boxes) else None  # None: no voxel of the organ
         mask = labels.array[box] == organ.label if box is not None else None
@@ -71,19 +103,17 @@ def qa_report(labels: Image, ct: Image | None = None, measurements: dict[str, di
             "touches_edge": touches_edge,
         }
         centroids[organ.name] = _centroid_ras(mask, tuple(s.start for s in box), labels.affine) if box is not None else None
-        if box is None:
-            warnings.append(f"No {organ.title.lower()} was found.")
-        elif not low <= volume_ml <= high:
-            edge = "; it touches the edge of the image, so it may be only partly in the field of view" if touches_edge else ""
-            warnings.append(
-                f"The {organ.title.lower()} volume, {volume_ml:.0f} mL, is outside the typical adult range of {low:.0f}-{high:.0f} mL{edge}."
-            )
+        extents[organ.name] = _extent_check(organ.name, box, labels.affine)
+        measured = measurements[organ.name] if measurements is not None else {}
+        warnings += _organ_warnings(organ.title.lower(), volumes[organ.name], extents[organ.name], measured)
     midline_x, midline_from = _midline_x(labels, ct)
     findings = _laterality_checks({name: c[0] for name, c in centroids.items() if c is not None}, midline_x)
     warnings += [warning for check, warning in findings if not check["ok"]]
     checks = [check for check, _ in findings]
     return {
         "volumes": volumes,
+        "extents": extents,
+        "low_confidence_below": LOW_CONFIDENCE,
         "laterality": {
             "midline_x_mm": midline_x,
             "midline_from": midline_from,
@@ -93,6 +123,39 @@ def qa_report(labels: Image, ct: Image | None = None, measurements: dict[str, di
         },
         "warnings": warnings,
     }
+
+
+def _organ_warnings(title: str, volume: dict, extent: dict, measured: dict) -> list[str]:
+    """Warnings about one organ from its "volumes" and "extents" entries and its summary entry
+    (``measured``: "confidence", and "reason" when not found; may be empty)."""
+    if extent["extent_mm"] is None:
+        reason = measured.get("reason")
+        return [f"No {title} was found: {reason}." if reason else f"No {title} was found."]
+    warnings = []
+    if not volume["within"]:
+        low, high = volume["typical_range_ml"]
+        edge = "; it touches the edge of the image, so it may be only partly in the field of view" if volume["touches_edge"] else ""
+        warnings.append(f"The {title} volume, {volume['volume_ml']:.0f} mL, is outside the typical adult range of {low:.0f}-{high:.0f} mL{edge}.")
+    for size, limit, phrase in zip(extent["extent_mm"], extent["max_extent_mm"], _AXIS_PHRASES):
+        if size > limit:
+            warnings.append(f"The {title} spans {size:.0f} mm {phrase}, more than the {limit:.0f} mm plausible for an adult {title}; "
+                            "it may have taken in a neighbouring structure.")
+    confidence = measured.get("confidence")
+    if confidence is not None and confidence < LOW_CONFIDENCE:
+        warnings.append(f"The network's confidence in the {title} is {confidence:.3f}, below {LOW_CONFIDENCE:.2f}: check that it is the {title}.")
+    return warnings
+
+
+def _extent_check(name: str, box: tuple[slice, ...] | None, affine: np.ndarray) -> dict:
+    """{"extent_mm": [R-L, A-P, S-I] or None, "max_extent_mm", "within"} of an organ's voxel bounding box."""
+    limits = list(MAX_EXTENT_MM[name])
+    if box is None:
+        return {"extent_mm": None, "max_extent_mm": limits, "within": None}
+    edges = [(s.start - 0.5, s.stop - 0.5) for s in box]  # voxel faces, not centres
+    corners = np.array([[i, j, k] for i in edges[0] for j in edges[1] for k in edges[2]])
+    world = corners @ affine[:3, :3].T
+    extent = [round(float(v), 1) for v in world.max(axis=0) - world.min(axis=0)]
+    return {"extent_mm": extent, "max_extent_mm": limits, "within": all(e <= m for e, m in zip(extent, limits))}
 
 
 def _laterality_checks(x_mm: dict[str, float], midline_x: float) -> list[tuple[dict, str]]:

@@ -1,6 +1,6 @@
 """``abdoseg segment CT -o OUTDIR``: segment a CT and write labels, a Slicer segmentation and a summary.
 
-Optionally, in the same run: organ surfaces (``--surfaces stl``) and a picture (``--png``); the Slicer
+Optionally, in the same run: surfaces of the organs found (``--surfaces stl``) and a picture (``--png``); the Slicer
 segmentation can be left out (``--no-seg-nrrd``). File and stage names: ``AbdoSegLib.outputs``.
 """
 
@@ -16,6 +16,7 @@ from ..analysis.ctcheck import check_ct
 from ..analysis.qa import qa_report
 from ..analysis.summary import organ_measurements
 from ..inference.predict import segment
+from ..inference.presence import FOUND
 from ..io.atomic import atomic_directory, atomic_path
 from ..io.image_files import read_image, write_image
 from ..io.seg_nrrd import write_segmentation
@@ -68,9 +69,11 @@ def run_segment(args: argparse.Namespace) -> None:
         if args.seg_nrrd:
             write_segmentation(prediction.labels, staging / SEGMENTATION_FILE)
         organs = organ_measurements(prediction.labels, ct)
+        for name, decision in prediction.presence.items():
+            organs[name].update(decision.summary())
         qa = qa_report(prediction.labels, ct, organs)
         timings["write"] = time.perf_counter() - start
-        if args.surfaces:
+        if args.surfaces and prediction.labels.array.any():  # no organ found: no surface, and the QA says why
             from ..surfaces.meshes import (
                 export_surfaces,  # VTK loads only when surfaces are asked for
             )
@@ -107,10 +110,13 @@ def run_segment(args: argparse.Namespace) -> None:
 
 
 def print_organs(organs: dict[str, dict], warnings: list[str], output: Path) -> None:
-    print(f"{'organ':<14}{'volume (mL)':>12}{'mean HU':>10}")
+    """A table of the summary's organs (volume, mean HU, confidence, or "not found"), then the QA warnings."""
+    print(f"{'organ':<14}{'volume (mL)':>12}{'mean HU':>10}{'confidence':>12}")
     for name, values in organs.items():
-        mean_hu = "-" if values["mean_hu"] is None else f"{values['mean_hu']:.0f}"
-        print(f"{name:<14}{values['volume_ml']:>12.1f}{mean_hu:>10}")
+        if values["status"] != FOUND or not values["voxels"]:
+            print(f"{name:<14}{'not found':>12}")
+            continue
+        print(f"{name:<14}{values['volume_ml']:>12.1f}{values['mean_hu']:>10.0f}{values['confidence']:>12.2f}")
     for warning in warnings:
         print(f"QA warning: {warning}")
     print(f"results in {output}")

@@ -16,6 +16,7 @@ from ..model.bundle import ModelBundle
 from ..model.preprocessing import PAD_VALUE, hounsfield, preprocess
 from ..progress import NoProgress
 from .cleanup import clean_labels
+from .presence import OrganPresence, decide_presence, outside_field
 from .sliding_window import sliding_window, window_starts
 from .upsampling import labels_on_input_grid
 
@@ -25,11 +26,19 @@ Progress = Callable[[str, float, str], None]
 
 @dataclass
 class Prediction:
-    """labels: uint8 Image on the input grid; timings_s: seconds per stage; device used."""
+    """labels: uint8 Image on the input grid (organs not found left out); device used;
+    presence: {organ name: OrganPresence} for every organ of the table (``presence.py``: found or
+    not and why, confidence); timings_s: seconds per stage."""
 
     labels: Image
     device: str
+    presence: dict[str, OrganPresence]
     timings_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def confidence(self) -> dict[str, float]:
+        """{organ name: confidence in [0, 1]} of the organs found."""
+        return {name: decision.confidence for name, decision in self.presence.items() if decision.found}
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
@@ -91,7 +100,10 @@ def cleaned_labels(probabilities: torch.Tensor, volume: torch.Tensor, hu_window:
 
 
 def segment(image: Image, bundle: ModelBundle, device: str = "auto", progress: Progress = NoProgress()) -> Prediction:
-    """Segment the organs of a CT Image with a bundle; labels land on the input's grid."""
+    """Segment the organs of a CT Image with a bundle; labels land on the input's grid.
+
+    After clean-up, each organ is kept or reported not found on the model grid (``presence.py``).
+    """
     timings: dict[str, float] = {}
     torch_device = resolve_device(device)
     network = bundle.network.to(torch_device)
@@ -109,6 +121,8 @@ def segment(image: Image, bundle: ModelBundle, device: str = "auto", progress: P
     start = time.perf_counter()
     progress("postprocess", 0.0, "cleaning up and returning to the input grid")
     cleaned = cleaned_labels(probabilities, volume, bundle.preprocessing.hu_window)
-    labels = labels_on_input_grid(probabilities, cleaned, grid)
+    voxel_ml = abs(float(np.linalg.det(grid.affine[:3, :3]))) / 1000.0
+    kept, presence = decide_presence(probabilities, cleaned, voxel_ml, outside_field(image, grid))
+    labels = labels_on_input_grid(probabilities, kept, grid)
     timings["postprocess"] = time.perf_counter() - start
-    return Prediction(image.with_array(labels), str(torch_device), timings)
+    return Prediction(image.with_array(labels), str(torch_device), presence, timings)
