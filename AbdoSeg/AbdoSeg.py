@@ -343,8 +343,12 @@ class AbdoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             values = result.summary.get("organs", {}).get(organ.name)
             if values is None:
                 continue
-            volume = _("{volume:.1f} mL").format(volume=values["volume_ml"]) if values.get("voxels") else _("not found")
-            rows.append(f"<tr><td>{organ.title}</td><td align='right'>{volume}</td></tr>")
+            if values.get("voxels"):
+                volume = _("{volume:.1f} mL").format(volume=values["volume_ml"])
+                confidence = _("confidence {confidence:.2f}").format(confidence=values["confidence"]) if values.get("confidence") is not None else ""
+            else:
+                volume, confidence = _("not found"), html.escape(values.get("reason") or "")
+            rows.append(f"<tr><td>{organ.title}</td><td align='right'>{volume}</td><td>&nbsp;{confidence}</td></tr>")
         text = "<table>" + "".join(rows) + "</table>"
         for warning in result.warnings:
             text += f"<p style='color:#c06000'>&#9888; {html.escape(warning)}</p>"

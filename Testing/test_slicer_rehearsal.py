@@ -17,6 +17,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import unittest
@@ -134,6 +135,15 @@ def test_apply_turns_into_cancel_and_a_cancelled_run_leaves_no_segmentation(abdo
     abdoseg.AbdoSegTest._processEventsUntil(lambda: not panel.logic.isRunning(), timeoutSeconds=60)
     assert button(panel) == ("Apply", True) and not panel.ui.progressBar.visible and panel.ui.statusLabel.text == "Cancelled."
     assert leftovers() == {"segmentations": [], "temporary": []}
+
+
+def test_a_finished_run_shows_each_organs_volume_and_confidence(abdoseg, panel):
+    panel.onApplyButton()
+    abdoseg.AbdoSegTest._processEventsUntil(lambda: not panel.logic.isRunning(), timeoutSeconds=300)
+    assert button(panel) == ("Apply", True) and panel.ui.statusLabel.text.startswith("Done in")
+    shown = panel.ui.resultsLabel.text
+    for organ in abdoseg.ORGANS:
+        assert re.search(rf"<td>{organ.title}</td><td align='right'>\d+\.\d mL</td><td>&nbsp;confidence 0\.9\d</td>", shown), organ.title
 
 
 def test_apply_without_pythonslicer_says_so_before_installing_and_leaves_apply_ready(panel, tmp_path):
