@@ -170,12 +170,12 @@ def test_a_pelvis_only_crop_draws_no_organ(ts_example_ct, sample_reference, defa
 
 
 def test_a_crop_with_one_kidney_draws_neither_the_other_kidney_nor_the_spleen(ts_example_ct, sample_reference, default_model_bundle):
-    """The patient's right (x from voxel 62): liver and right kidney only. The model draws a 33 mL left kidney
-    wholly inside the scan with confidence 0.93; it is too small for a whole kidney and is not found."""
+    """The patient's right (x from voxel 62): liver and right kidney only. abdoseg-vnet-0.5 drew a 33 mL left
+    kidney wholly inside the scan with confidence 0.93, not found as too small for a whole kidney;
+    abdoseg-vnet-0.7 labels no left kidney there at all."""
     prediction, reference = _segment_crop(ts_example_ct, sample_reference, default_model_bundle, np.s_[62:, :, :])
     assert set(np.unique(reference)) == {0, LIVER, RIGHT_KIDNEY}
     assert set(np.unique(prediction.labels.array)) == {0, LIVER, RIGHT_KIDNEY}
-    assert "smaller than the smallest plausible left kidney" in prediction.presence["left_kidney"].reason
-    assert prediction.presence["spleen"].status == NOT_FOUND
+    assert prediction.presence["left_kidney"].status == NOT_FOUND and prediction.presence["spleen"].status == NOT_FOUND
     scores = dice_per_organ(prediction.labels.array, reference)
     assert scores["liver"] > 0.9 and scores["right_kidney"] > 0.85, scores  # measured 0.93 and 0.91
