@@ -32,6 +32,15 @@ BOUND_S = 60
 """Longest a test waits for a child to do something (a guard against hanging, not a timed assertion)."""
 
 
+WITH_GRANDCHILD = """
+import subprocess, sys, time
+grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep({seconds})"])
+print(grandchild.pid, flush=True)
+time.sleep(60)
+"""
+"""A child that starts a grandchild sleeping ``seconds``, prints its pid and sleeps a minute."""
+
+
 class Recorder:
     """Collects what the callbacks receive."""
 
@@ -202,13 +211,7 @@ def test_the_reader_ends_when_its_end_of_the_pipe_is_closed():
 
 def test_cancel_kills_the_whole_tree_without_waiting_for_it(monkeypatch):
     recorder = Recorder()
-    script = """
-import subprocess, sys, time
-grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-print(grandchild.pid, flush=True)
-time.sleep(60)
-"""
-    process = recorder.process(script)
+    process = recorder.process(WITH_GRANDCHILD.format(seconds=60))
     poll_until(process, lambda: bool(recorder.log))
     tree = [psutil.Process(process.proc.pid), psutil.Process(int(recorder.log[0]))]
     assert tree[1].ppid() == tree[0].pid and not any(ended(p) for p in tree)
@@ -230,19 +233,13 @@ time.sleep(60)
 def test_cancel_kills_a_grandchild_started_too_late_to_be_listed(monkeypatch):
     """The launcher may start Python between the listing of its children and the kill: the group kill still reaches it."""
     recorder = Recorder()
-    script = """
-import subprocess, sys, time
-grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
-print(grandchild.pid, flush=True)
-time.sleep(60)
-"""
-    process = recorder.process(script)
+    process = recorder.process(WITH_GRANDCHILD.format(seconds=3600))  # it ends in time only if killed
     poll_until(process, lambda: bool(recorder.log))
     grandchild = psutil.Process(int(recorder.log[0]))
     monkeypatch.setattr(psutil.Process, "children", lambda self, recursive=False: [])  # as if it had not been started yet
     try:
         process.cancel()
-        assert wait_ended([grandchild]) == []  # it sleeps an hour: only the kill ends it in time
+        assert wait_ended([grandchild]) == []
         poll_until(process, lambda: process.finished)
         assert process.result.status == "cancelled"
     finally:
