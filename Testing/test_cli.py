@@ -106,11 +106,11 @@ def test_json_progress_lines(tmp_path, tiny_bundle_path):
 
 
 def test_existing_output_is_kept_unless_forced(tmp_path, tiny_bundle_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    out = tmp_path / "out"  # a previous result: --force replaces only such a folder (test_outputs_safety.py)
+    assert main(["segment", str(SAMPLE_CT), "-o", str(out), "--model", str(tiny_bundle_path), "--progress", "none"]) == 0
+    previous = (out / SUMMARY_FILE).read_bytes()
     assert_refused(run_cli("segment", str(SAMPLE_CT), "-o", str(out), "--model", str(tiny_bundle_path)), str(out), "--force")
-    assert (out / "keep.txt").read_text() == "mine"
+    assert (out / SUMMARY_FILE).read_bytes() == previous
     assert main(["segment", str(SAMPLE_CT), "-o", str(out), "--model", str(tiny_bundle_path), "--force", "--progress", "none"]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted([LABELS_FILE, SEGMENTATION_FILE, SUMMARY_FILE])
 

@@ -1,7 +1,7 @@
 """The ``abdoseg-train`` command line.
 
     abdoseg-train fit [--train CASES...] [--synthetic ANATOMY...] [--validate CASES...] -o MODEL.safetensors [--workdir RUN] [--resume RUN/checkpoint.pt]
-    abdoseg-train evaluate MODEL CASES... [--json OUT.json]
+    abdoseg-train evaluate MODEL CASES... [--json OUT.json [--force]]
     abdoseg-train export RUN/checkpoint.pt -o MODEL.safetensors
     abdoseg-train synth ANATOMY... -o FOLDER [--phase arterial] [--count N]
 
@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--device", default="auto")
     evaluate_parser.add_argument("--map", dest="mapping", default=None, help="label ids of the data -> AbdoSeg's (as for fit)")
     evaluate_parser.add_argument("--json", type=Path, default=None, help="write per-case metrics here")
+    evaluate_parser.add_argument("--force", action="store_true", help="replace an existing --json file")
     evaluate_parser.set_defaults(run=run_evaluate)
 
     export_parser = commands.add_parser("export", help="turn a training checkpoint's best network into a model bundle")
@@ -149,6 +150,8 @@ def run_fit(args: argparse.Namespace) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
+    if args.json and args.json.exists() and not args.force:
+        raise AbdoSegError(f"{args.json} already exists; choose another name or pass --force.")
     bundle = load_bundle(args.model)
     mapping = parse_mapping(args.mapping) if args.mapping else None
     cases = [case for root in args.cases for case in discover_cases(root, mapping)]

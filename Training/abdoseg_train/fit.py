@@ -37,6 +37,7 @@ from .prepared import prepare
 from .validation import ValidationResult, validate
 
 CHECKPOINT_FILE = "checkpoint.pt"
+LOG_FILE = "log.csv"
 
 
 def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Path, workdir: Path,
@@ -56,6 +57,7 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     the exported network.
     """
     _require_training_extra()
+    _check_workdir(workdir, resume)
     run = distributed.setup(resolve_device(config.device))
     torch.manual_seed(config.seed + run.rank)
     config.train_cases = [case.name for case in train]
@@ -144,6 +146,14 @@ def _require_training_extra() -> None:
     missing = [name for name in ("monai", "tensorboard") if importlib.util.find_spec(name) is None]
     if missing:
         raise AbdoSegError(f"training needs {' and '.join(missing)}, which is not installed; install it with pip install 'abdoseg[train]'.")
+
+
+def _check_workdir(workdir: Path, resume: Path | None) -> None:
+    """Refuse a work folder that holds another run's checkpoint or log, unless this run resumes that checkpoint."""
+    found = [name for name in (CHECKPOINT_FILE, LOG_FILE) if (Path(workdir) / name).exists()]
+    if found and not (resume and Path(resume).resolve().parent == Path(workdir).resolve()):
+        raise AbdoSegError(f"{workdir} already holds a run ({', '.join(found)}); pass --resume {Path(workdir) / CHECKPOINT_FILE} "
+                           f"to continue it, or choose another --workdir.")
 
 
 def _load_all(load, items: list, config: TrainConfig, cache_dir: Path | None) -> list:

@@ -17,7 +17,7 @@ from ..analysis.qa import qa_report
 from ..analysis.summary import organ_measurements
 from ..inference.predict import segment
 from ..inference.presence import FOUND
-from ..io.atomic import atomic_directory, atomic_path
+from ..io.atomic import atomic_directory, atomic_path, sigterm_as_interrupt
 from ..io.image_files import read_image, write_image
 from ..io.seg_nrrd import write_segmentation
 from ..model.bundle import load_bundle
@@ -42,18 +42,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     seg.add_argument("--png", action="store_true", help=f"also write a picture of the result ({PREVIEW_FILE})")
     seg.add_argument("--no-seg-nrrd", dest="seg_nrrd", action="store_false",
                      help=f"do not write {SEGMENTATION_FILE} (for programs that build their own segmentation from the labels)")
-    seg.add_argument("--force", action="store_true", help="replace an existing output folder")
+    seg.add_argument("--force", action="store_true", help="replace an existing output folder of a previous segment run (never other files)")
     seg.set_defaults(run=run_segment)
 
 
 def run_segment(args: argparse.Namespace) -> None:
     progress = make_progress(args.progress)
     timings: dict[str, float] = {}
-    with atomic_directory(args.output, overwrite=args.force) as staging:
-        start = time.perf_counter()
-        bundle = load_bundle(args.model)
-        timings["load_model"] = time.perf_counter() - start
-
+    start = time.perf_counter()
+    bundle = load_bundle(args.model)  # before SIGTERM is caught: a signal inside the weights' reader reads as damaged weights
+    timings["load_model"] = time.perf_counter() - start
+    with sigterm_as_interrupt(), atomic_directory(args.output, args.force, foreign=not_a_result, keep=[args.ct]) as staging:
         start = time.perf_counter()
         progress(READ, 0.0, f"reading {args.ct}")
         ct = read_image(args.ct)
@@ -107,6 +106,22 @@ def run_segment(args: argparse.Namespace) -> None:
     progress.close()
     if args.progress != "json":
         print_organs(organs, qa["warnings"], args.output)
+
+
+def not_a_result(folder: Path) -> str | None:
+    """Why ``folder`` is not an output folder of ``segment`` (a phrase), or None when it is: only the files
+    ``segment`` writes, among them a summary with AbdoSeg's version."""
+    ours = {LABELS_FILE, SEGMENTATION_FILE, SUMMARY_FILE, PREVIEW_FILE, SURFACES_FOLDER}
+    others = sorted(entry.name for entry in folder.iterdir() if entry.name not in ours)
+    if others:
+        return f"holds files that abdoseg segment does not write ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
+    try:
+        summary = json.loads((folder / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        summary = None
+    if not isinstance(summary, dict) or "abdoseg_version" not in summary:
+        return f"has no {SUMMARY_FILE} written by abdoseg segment"
+    return None
 
 
 def print_organs(organs: dict[str, dict], warnings: list[str], output: Path) -> None:

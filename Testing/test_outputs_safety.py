@@ -1,0 +1,142 @@
+"""Outputs that cannot destroy anything: ``--force`` replaces only AbdoSeg's own folder, one run per output
+folder at a time, nothing hidden left by a killed run, training files kept unless asked."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from abdoseg_train.cli import main as train_main
+from AbdoSegLib.cli import main
+from AbdoSegLib.outputs import LABELS_FILE, SUMMARY_FILE
+from AbdoSegLib.resources import SAMPLE_CT
+from test_training import _tiny_case
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones too), by relative path, with its bytes."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def assert_refused(code: int, capsys, program: str, *phrases: str) -> None:
+    """Exit code 1 and one sentence on stderr naming the problem."""
+    err = capsys.readouterr().err
+    assert code == 1, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"{program}: error: "), err
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+
+
+def dead_pid() -> int:
+    """The id of a process that has ended."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("case", ["holds_the_input", "parent_of_the_input", "current_folder", "other_files", "no_summary"])
+def test_force_replaces_only_a_folder_segment_wrote(tmp_path, tiny_bundle_path, monkeypatch, capsys, case):
+    ct = tmp_path / "case" / ("sub" if case == "parent_of_the_input" else "") / "ct.nii.gz"
+    ct.parent.mkdir(parents=True)
+    shutil.copy(SAMPLE_CT, ct)
+    out, phrase = tmp_path / "case", "holds the input"
+    if case == "current_folder":
+        monkeypatch.chdir(tmp_path / "case")
+        ct, out, phrase = Path("ct.nii.gz"), Path("."), "is the current folder"
+    elif case in ("other_files", "no_summary"):
+        out = tmp_path / "out"
+        out.mkdir()
+        (out / LABELS_FILE).write_bytes(b"the user's own labels")
+        if case == "other_files":
+            (out / SUMMARY_FILE).write_text(json.dumps({"abdoseg_version": "0.1"}))
+            (out / "notes.txt").write_text("keep me")
+        phrase = "holds files that abdoseg segment does not write (notes.txt)" if case == "other_files" else "has no summary.json"
+    before = snapshot(tmp_path)
+    code = main(["segment", str(ct), "-o", str(out), "--model", str(tiny_bundle_path), "--force", "--progress", "none"])
+    assert_refused(code, capsys, "abdoseg", f"{out} {phrase}", "choose another output folder")
+    assert snapshot(tmp_path) == before
+    assert sorted(path.name for path in tmp_path.rglob(".*")) == []
+
+
+def test_a_second_run_on_a_folder_being_written_is_refused(tmp_path, tiny_bundle_path, capsys):
+    lock, out = tmp_path / ".out.lock", tmp_path / "out"
+    lock.write_text(f"{os.getpid()}\n")  # a run that is alive: this one
+    code = main(["segment", str(SAMPLE_CT), "-o", str(out), "--model", str(tiny_bundle_path), "--progress", "none"])
+    assert_refused(code, capsys, "abdoseg", f"{out} is being written by another AbdoSeg run", f"process {os.getpid()}")
+    assert snapshot(tmp_path) == {".out.lock": f"{os.getpid()}\n".encode()}
+
+
+def test_a_killed_runs_lock_and_partial_folder_are_cleaned_by_the_next_run(tmp_path, tiny_bundle_path, capsys):
+    pid, out = dead_pid(), tmp_path / "out"
+    (tmp_path / ".out.lock").write_text(f"{pid}\n")
+    partial = tmp_path / f".out.partial-{pid}-x1y2"
+    partial.mkdir()
+    (partial / LABELS_FILE).write_bytes(b"half")
+    (tmp_path / ".notes.partial-1-x").mkdir()  # not AbdoSeg's staging folder for this output: left alone
+    assert main(["segment", str(SAMPLE_CT), "-o", str(out), "--model", str(tiny_bundle_path), "--progress", "none"]) == 0
+    err = capsys.readouterr().err
+    assert "taking it over" in err and f"removed {partial}" in err, err
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".notes.partial-1-x", "out"]
+
+
+def test_sigterm_leaves_no_partial_folder(tmp_path, tiny_bundle_path):
+    """The run is held at its first progress line (its stdout is a full pipe), once its staging folder exists."""
+    out = tmp_path / "out"
+    reader, writer = os.pipe()
+    os.set_blocking(writer, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(writer, b"x" * 4096)
+    os.set_blocking(writer, True)
+    child = subprocess.Popen([sys.executable, "-m", "AbdoSegLib.cli", "segment", str(SAMPLE_CT), "-o", str(out),
+                              "--model", str(tiny_bundle_path), "--progress", "json"],
+                             stdout=writer, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    os.close(writer)
+    for _poll in range(60000):  # until the staging folder exists (at most about 10 minutes)
+        if list(tmp_path.glob(".out.partial-*")) or child.poll() is not None:
+            break
+        time.sleep(0.01)
+    child.send_signal(signal.SIGTERM)
+    with os.fdopen(reader, "rb") as stdout:
+        stdout.read()  # lets the run finish its last line, then end
+    err = child.stderr.read()
+    assert child.wait(timeout=120) != 0, err
+    assert "Traceback" not in err and "interrupted" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_keeps_an_existing_json_unless_forced(tmp_path, tiny_bundle_path, capsys):
+    case = _tiny_case(tmp_path / "cases", "case", (slice(10, 90), slice(10, 90), slice(40, 90)), ["liver"])
+    report = tmp_path / "eval.json"
+    report.write_text("the user's results\n")
+    before = snapshot(tmp_path)
+    assert_refused(train_main(["evaluate", str(tiny_bundle_path), str(case), "--json", str(report), "--device", "cpu"]), capsys,
+                   "abdoseg-train", f"{report} already exists", "--force")
+    assert snapshot(tmp_path) == before
+    assert train_main(["evaluate", str(tiny_bundle_path), str(case), "--json", str(report), "--device", "cpu", "--force"]) == 0
+    assert "case" in json.dumps(json.loads(report.read_text()))
+
+
+@pytest.mark.parametrize("resume", [None, "other"])
+def test_fit_keeps_another_runs_checkpoint_and_log(tmp_path, capsys, resume):
+    case = _tiny_case(tmp_path / "cases", "case", (slice(10, 90), slice(10, 90), slice(40, 90)), ["liver"])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"the previous run's checkpoint")
+    (run / "log.csv").write_text("epoch,loss\n1,0.5\n")
+    before = snapshot(tmp_path)
+    args = ["fit", "--train", str(case), "-o", str(tmp_path / "model.safetensors"), "--workdir", str(run)]
+    code = train_main(args + (["--resume", str(tmp_path / "other" / "checkpoint.pt")] if resume else []))
+    assert_refused(code, capsys, "abdoseg-train", f"{run} already holds a run (checkpoint.pt, log.csv)",
+                   f"--resume {run / 'checkpoint.pt'}", "another --workdir")
+    assert snapshot(tmp_path) == before
