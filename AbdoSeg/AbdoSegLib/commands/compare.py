@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 from pathlib import Path
 
 from ..errors import AbdoSegError
@@ -64,7 +65,6 @@ def run_compare(args: argparse.Namespace) -> None:
     if reference.array.any() and not resampled.array.any():
         raise AbdoSegError(f"the organs of {args.reference} all lie outside the field of view of {args.prediction}; are they of the same scan?")
     results = jsonable(compare_labelmaps(prediction, resampled))
-    print(format_table(results))
     if args.json is not None:
         with atomic_path(args.json) as temporary:
             temporary.write_text(json.dumps(results, indent=2) + "\n")
@@ -80,15 +80,25 @@ def run_compare(args: argparse.Namespace) -> None:
         )
 
         render_preview(read_image(args.ct), prediction, args.png, reference=resampled)
+    print(format_table(results))  # after the files: a reader that stops early (| head) costs only the table
     for path in outputs:
         print(f"wrote {path}")
 
 
 def _check_writable(path: Path, force: bool) -> None:
+    """Refuse, before any work, an output file that could not be written or must not be replaced."""
+    if path.is_dir():
+        raise AbdoSegError(f"{path} is a folder; give the name of a file to write.")
     if path.exists() and not force:
         raise AbdoSegError(f"{path} already exists; choose another name or pass --force to replace it.")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise AbdoSegError(f"cannot write {path}: {path.parent} is a file, not a folder.")
     if not path.parent.is_dir():
         raise AbdoSegError(f"cannot write {path}: its folder {path.parent} does not exist.")
+    if not os.access(path.parent, os.W_OK):
+        raise AbdoSegError(f"cannot write {path}: its folder {path.parent} is not writable.")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise AbdoSegError(f"{path} is read-only; make it writable first if it should be replaced.")
 
 
 def format_table(results: dict[str, dict]) -> str:

@@ -7,6 +7,8 @@ SimpleITK, whose LPS geometry is converted to the engine's RAS affine here, at t
 
 from __future__ import annotations
 
+import logging
+import math
 import zlib
 from pathlib import Path
 
@@ -22,15 +24,21 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 READABLE = ".nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd or a DICOM series folder"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MAX_VOXELS = 1024**3
+"""The most voxels read: 2 GiB as int16, and the engine makes float copies of it. Checked from the
+header, before any data is read, so that a header claiming 32767^3 voxels is refused, not allocated."""
 
 sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warnings are not for users; errors still raise
+nib.imageglobals.logger.setLevel(logging.CRITICAL)  # nibabel logs the header errors it then raises, as a second line
 
 
 def read_image(path: str | Path) -> Image:
     """Read a 3D scalar volume from a file or a DICOM series folder.
 
     Returns an Image with array shape (I, J, K) and a RAS affine. Raises AbdoSegError with
-    one sentence when the path is missing, unreadable, truncated, or not a 3D scalar image.
+    one sentence when the path is missing, unreadable, truncated, not a 3D scalar image of
+    integer or real values, larger than ``MAX_VOXELS``, or when its voxel-to-world transform is
+    singular or not finite.
     """
     path = Path(path)
     if not path.exists():
@@ -38,7 +46,9 @@ def read_image(path: str | Path) -> Image:
     try:
         if path.name.lower().endswith(NIFTI_SUFFIXES):
             return _read_nifti(path)
-        itk_image = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
+        itk_image = _read_dicom_series(path) if path.is_dir() else _read_itk_file(path)
+    except nib.spatialimages.HeaderDataError as error:  # e.g. "data code 1 not supported": 1-bit voxels
+        raise AbdoSegError(f"{path} has an unusable NIfTI header ({first_line(error)}); a 3D image of integer or real values is needed.") from None
     except (RuntimeError, OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as error:
         raise AbdoSegError(
             f"{path} could not be read as an image ({first_line(error)}); "
@@ -75,7 +85,22 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     if not series_ids:
         raise AbdoSegError(f"{folder} is a folder without a DICOM series (readable: {READABLE}).")
     files = max((reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len)
+    _check_size(folder, (*_header(files[0]).GetSize()[:2], len(files)))
     reader.SetFileNames(files)
+    return reader.Execute()
+
+
+def _header(path: str | Path) -> sitk.ImageFileReader:
+    """A reader of ``path`` that has read the header only (size, pixel type, geometry)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return reader
+
+
+def _read_itk_file(path: Path) -> sitk.Image:
+    reader = _header(path)
+    _check_size(path, reader.GetSize())
     return reader.Execute()
 
 
@@ -85,6 +110,9 @@ def _read_nifti(path: Path) -> Image:
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     _check_3d(path, len(shape), shape)
+    _check_size(path, shape)
+    _check_voxel_type(path, nifti.get_data_dtype())
+    _check_affine(path, nifti.affine)
     array = np.asarray(nifti.dataobj.get_unscaled()).reshape(shape)
     slope, inter = nifti.dataobj.slope, nifti.dataobj.inter
     if (slope, inter) != (1.0, 0.0):
@@ -99,6 +127,37 @@ def _check_3d(path: Path, dimension: int, size: tuple[int, ...]) -> None:
         raise AbdoSegError(f"{path} is a {kind} image of size {shape}; a 3D volume is needed.")
 
 
+def _check_size(path: Path, size: tuple[int, ...]) -> None:
+    voxels = math.prod(int(n) for n in size)
+    if voxels > MAX_VOXELS:
+        shape = "x".join(str(n) for n in size)
+        raise AbdoSegError(
+            f"{path} has {shape} voxels ({voxels / 1e6:,.0f} million), more than the {MAX_VOXELS / 1e6:,.0f} million "
+            f"AbdoSeg can hold in memory; crop or downsample it first."
+        )
+
+
+def _check_voxel_type(path: Path, dtype: np.dtype) -> None:
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise AbdoSegError(f"{path} holds {np.dtype(dtype).name} voxels; an image of integer or real values is needed.")
+
+
+def _check_affine(path: Path, affine: np.ndarray) -> None:
+    """Refuse a voxel-to-world transform that places no voxel: NaN or infinite, or singular."""
+    if not np.isfinite(affine).all():
+        raise AbdoSegError(f"{path} has NaN or infinite values in its voxel-to-world transform, so its voxels have no place in space.")
+    columns = affine[:3, :3]
+    spacing = np.linalg.norm(columns, axis=0)
+    # |det| equals the product of the column norms for perpendicular axes and falls to 0 as two
+    # axes become parallel (or one has length 0)
+    if abs(np.linalg.det(columns)) <= 1e-6 * spacing.prod():
+        sizes = " x ".join(f"{s:g}" for s in spacing)
+        raise AbdoSegError(
+            f"{path} has a singular voxel-to-world transform (voxel size {sizes} mm, or axes that are not independent), "
+            f"so its voxels have no place in space."
+        )
+
+
 def _to_image(itk_image: sitk.Image, path: Path) -> Image:
     if itk_image.GetNumberOfComponentsPerPixel() != 1:
         raise AbdoSegError(f"{path} has {itk_image.GetNumberOfComponentsPerPixel()} values per voxel; a scalar 3D image is needed.")
@@ -107,9 +166,12 @@ def _to_image(itk_image: sitk.Image, path: Path) -> Image:
     affine_lps = np.eye(4)
     affine_lps[:3, :3] = direction * np.array(itk_image.GetSpacing())
     affine_lps[:3, 3] = itk_image.GetOrigin()
+    affine = LPS_TO_RAS @ affine_lps
+    _check_affine(path, affine)
     array = sitk.GetArrayViewFromImage(itk_image).transpose(2, 1, 0)
+    _check_voxel_type(path, array.dtype)
     # The view keeps the SimpleITK buffer alive only while itk_image lives: copy out of it.
-    return Image(np.array(array, copy=True), LPS_TO_RAS @ affine_lps)
+    return Image(np.array(array, copy=True), affine)
 
 
 def first_line(error: Exception) -> str:
