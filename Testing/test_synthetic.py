@@ -1,5 +1,5 @@
 """Synthetic CT: scanner effects on painted tissue, and bowel painted as bowel on the TotalSegmentator
-map s0328 (the generator on 3D-IRCADb-01 maps is tested in Testing/validate/test_synthetic_ircad.py)."""
+map s0328 (the generator on 3D-IRCADb-01 maps is tested in Testing/validate/test_synthetic_on_shared_maps.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Lungs and heart drawn where an anatomy map leaves the chest inside body_other (on a toy torso;
-on a real 3D-IRCADb-01 map in Testing/validate/test_thorax_ircad.py)."""
+on a real 3D-IRCADb-01 map in Testing/validate/test_thorax_on_shared_maps.py)."""
 
 from __future__ import annotations
 

@@ -6,9 +6,9 @@ import json
 
 from AbdoSegLib.analysis.metrics import dice
 from AbdoSegLib.cli import main as abdoseg
-from AbdoSegLib.commands.segment import LABELS_FILE
 from AbdoSegLib.io.image_files import read_image
 from AbdoSegLib.organs import organ_by_name
+from AbdoSegLib.outputs import LABELS_FILE
 from AbdoSegLib.resources import DEFAULT_BUNDLE
 
 # Measured 0.9445 with abdoseg-vnet-0.7 (0.5: 0.9424); the floor catches a broken pipeline or bundle, not a small
