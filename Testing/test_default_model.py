@@ -9,11 +9,11 @@ import vtk
 
 from AbdoSegLib.analysis.metrics import dice_per_organ
 from AbdoSegLib.cli import main as abdoseg
-from AbdoSegLib.commands.segment import LABELS_FILE, PREVIEW_FILE, SUMMARY_FILE, SURFACES_FOLDER
 from AbdoSegLib.demo import main as demo
 from AbdoSegLib.io.image_files import read_image
 from AbdoSegLib.model.bundle import load_bundle
 from AbdoSegLib.organs import ORGAN_NAMES, ORGANS
+from AbdoSegLib.outputs import LABELS_FILE, PREVIEW_FILE, SUMMARY_FILE, SURFACES_FOLDER
 from AbdoSegLib.resources import DEFAULT_BUNDLE, SAMPLE_CT, SAMPLE_REFERENCE
 
 # Floors under the figures measured when the bundle was made (model card: liver 0.949, right

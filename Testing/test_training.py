@@ -30,13 +30,13 @@ from abdoseg_train.losses import class_mask, marginal_probabilities, partial_dic
 from abdoseg_train.patches import epoch_batches
 from abdoseg_train.prepared import PreparedCase
 from AbdoSegLib.cli import main as abdoseg
-from AbdoSegLib.commands.segment import LABELS_FILE
 from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.io.image_files import read_image
 from AbdoSegLib.io.labelmaps import parse_mapping
 from AbdoSegLib.model.bundle import load_bundle
 from AbdoSegLib.model.preprocessing import PAD_VALUE, Preprocessing
 from AbdoSegLib.organs import NUM_CLASSES, ORGANS
+from AbdoSegLib.outputs import LABELS_FILE
 from AbdoSegLib.resources import SAMPLE_CT, SAMPLE_REFERENCE
 
 

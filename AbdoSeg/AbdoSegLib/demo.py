@@ -10,9 +10,9 @@ from pathlib import Path
 
 from .analysis.metrics import dice_per_organ
 from .cli import main as abdoseg
-from .commands.segment import LABELS_FILE
 from .io.image_files import read_image
 from .model.bundle import read_metadata
+from .outputs import LABELS_FILE
 from .resources import DEFAULT_BUNDLE, SAMPLE_CASE_ID, SAMPLE_CT, SAMPLE_REFERENCE
 
 

@@ -30,14 +30,13 @@ from .anatomy import AnatomySource, load_anatomy
 from .cases import Case
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .logs import TrainingLog
+from .logs import LOG_FILE, TrainingLog
 from .losses import partial_dice_ce_loss
 from .patches import epoch_batches
 from .prepared import prepare
 from .validation import ValidationResult, validate
 
 CHECKPOINT_FILE = "checkpoint.pt"
-LOG_FILE = "log.csv"
 
 
 def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Path, workdir: Path,

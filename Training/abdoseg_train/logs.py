@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+LOG_FILE = "log.csv"
+"""The per-epoch table a training run writes into its work folder."""
+
 
 class TrainingLog:
     """Writes ``log.csv`` and TensorBoard event files into ``folder``.
@@ -20,7 +23,7 @@ class TrainingLog:
 
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.csv_path = self.folder / "log.csv"
+        self.csv_path = self.folder / LOG_FILE
         self.writer = SummaryWriter(log_dir=str(self.folder / "tensorboard"))
         self.rows: list[dict] = []
 
