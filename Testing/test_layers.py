@@ -12,7 +12,7 @@ PACKAGES = ("AbdoSegLib", "abdoseg_train")
 
 LAYERS = {
     0: {"image", "organs", "errors", "resources", "io", "model", "analysis", "surfaces"},
-    1: {"inference", "progress", "process", "outputs", "commands", "cli", "demo"},
+    1: {"inference", "progress", "process", "outputs", "run_case", "cohort", "commands", "cli", "demo"},
     2: {"scene"},
 }
 """Layer of each top-level module or folder of AbdoSegLib; a module may import its own layer and those below."""

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 from tqdm import tqdm
+
+Progress = Callable[[str, float, str], None]
+"""progress(stage, fraction 0..1, message)"""
 
 
 class JsonProgress:

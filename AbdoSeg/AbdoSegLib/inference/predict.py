@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,14 +13,11 @@ from ..errors import AbdoSegError
 from ..image import Image
 from ..model.bundle import ModelBundle
 from ..model.preprocessing import PAD_VALUE, hounsfield, preprocess
-from ..progress import NoProgress
+from ..progress import NoProgress, Progress
 from .cleanup import clean_labels
 from .presence import OrganPresence, decide_presence, outside_field
 from .sliding_window import sliding_window, window_starts
 from .upsampling import labels_on_input_grid
-
-Progress = Callable[[str, float, str], None]
-"""progress(stage, fraction 0..1, message)"""
 
 
 @dataclass
