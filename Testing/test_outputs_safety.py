@@ -18,7 +18,7 @@ import pytest
 from abdoseg_train.cli import main as train_main
 from AbdoSegLib.cli import main
 from AbdoSegLib.outputs import LABELS_FILE, SUMMARY_FILE
-from AbdoSegLib.resources import SAMPLE_CT
+from AbdoSegLib.resources import SAMPLE_CT, SAMPLE_REFERENCE
 from test_training import _tiny_case
 
 
@@ -139,4 +139,104 @@ def test_fit_keeps_another_runs_checkpoint_and_log(tmp_path, capsys, resume):
     code = train_main(args + (["--resume", str(tmp_path / "other" / "checkpoint.pt")] if resume else []))
     assert_refused(code, capsys, "abdoseg-train", f"{run} already holds a run (checkpoint.pt, log.csv)",
                    f"--resume {run / 'checkpoint.pt'}", "another --workdir")
+    assert snapshot(tmp_path) == before
+
+
+HELD = """
+import importlib, signal, sys
+module_name, name, program = sys.argv[1:4]
+module = importlib.import_module(module_name)
+real = getattr(module, name)
+
+def held(*args, **kwargs):
+    result = real(*args, **kwargs)
+    print("held", flush=True)
+    signal.pause()
+    return result
+
+setattr(module, name, held)
+sys.exit(importlib.import_module(program).main(sys.argv[4:]))
+"""
+"""A command line run held (paused) right after ``module.name`` returns: ``python -c HELD module name cli_module ARGS...``."""
+
+
+def terminate_when_held(module: str, name: str, program: str, *argv: str) -> tuple[int, str]:
+    """Run ``program``'s main with ``argv`` in a child, SIGTERM it once held after ``module.name``; (exit code, stderr)."""
+    child = subprocess.Popen([sys.executable, "-c", HELD, module, name, program, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    held = child.stdout.readline()  # blocks until the child is held, or ends
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=120)
+    assert held == "held\n", err
+    return child.returncode, err
+
+
+def test_export_sigterm_keeps_the_previous_folder_and_leaves_nothing(tmp_path, capsys):
+    """Held once the new surfaces are staged; the previous export stays as it was, and --force then replaces it."""
+    out = tmp_path / "surfaces"
+    assert main(["export", str(SAMPLE_REFERENCE), "-o", str(out)]) == 0
+    before = snapshot(tmp_path)
+    code, err = terminate_when_held("AbdoSegLib.surfaces.meshes", "export_surfaces", "AbdoSegLib.cli",
+                                    "export", str(SAMPLE_REFERENCE), "-o", str(out), "--force", "--format", "obj")
+    assert code == 130 and err == "abdoseg: interrupted; no output was left half-written.\n", err
+    assert snapshot(tmp_path) == before
+    assert main(["export", str(SAMPLE_REFERENCE), "-o", str(out), "--force", "--format", "obj"]) == 0
+    assert sorted(path.suffix for path in out.iterdir()) == [".mtl"] * 4 + [".obj"] * 4
+    assert [path.name for path in tmp_path.iterdir()] == ["surfaces"]
+
+
+@pytest.mark.parametrize("case", ["holds_the_input", "other_files", "empty"])
+def test_export_force_replaces_only_a_folder_export_wrote(tmp_path, capsys, case):
+    out, labels = tmp_path / "surfaces", SAMPLE_REFERENCE
+    out.mkdir()
+    if case == "holds_the_input":
+        labels = out / "labels.nii.gz"
+        shutil.copy(SAMPLE_REFERENCE, labels)
+        phrase = f"holds the input {labels}"
+    elif case == "other_files":
+        (out / "liver_LPS.stl").write_bytes(b"the user's own liver")
+        (out / "notes.txt").write_text("keep me")
+        phrase = "holds files that abdoseg export does not write (notes.txt)"
+    else:
+        phrase = "is empty"
+    before = snapshot(tmp_path)
+    code = main(["export", str(labels), "-o", str(out), "--force"])
+    assert_refused(code, capsys, "abdoseg", f"{out} {phrase}", "choose another output folder")
+    assert snapshot(tmp_path) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["surfaces"]
+
+
+ANATOMY = Path(__file__).resolve().parent / "Data" / "anatomy_totalseg" / "s0000_anatomy.nii.gz"
+
+
+def test_synth_sigterm_keeps_the_previous_case_and_leaves_nothing(tmp_path):
+    """Held once the new CT is staged; the previous case folder stays byte-identical."""
+    synth = ["synth", str(ANATOMY), "-o", str(tmp_path), "--phase", "arterial"]
+    assert train_main(synth) == 0
+    before = snapshot(tmp_path)
+    code, err = terminate_when_held("abdoseg_train.synthetic_cases", "write_image", "abdoseg_train.cli", *synth, "--seed", "1", "--force")
+    assert code == 130 and err == "abdoseg-train: interrupted; no output was left half-written.\n", err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("case", ["holds_the_input", "other_files", "real_case"])
+def test_synth_force_replaces_only_a_case_synth_wrote(tmp_path, capsys, case):
+    folder, anatomy = tmp_path / "s0000_synthetic_1", ANATOMY
+    folder.mkdir()
+    if case == "holds_the_input":
+        anatomy = folder / ANATOMY.name
+        for source in (ANATOMY, ANATOMY.with_name("s0000_anatomy.json")):
+            shutil.copy(source, folder)
+        phrase = f"holds the input {anatomy}"
+    elif case == "other_files":
+        (folder / "case.json").write_text(json.dumps({"synthetic": {"anatomy": "s0000"}}))
+        (folder / "notes.txt").write_text("keep me")
+        phrase = "holds files that abdoseg-train synth does not write (notes.txt)"
+    else:
+        (folder / "ct.nii.gz").write_bytes(b"a real CT")
+        (folder / "case.json").write_text(json.dumps({"labelled": ["liver"]}))
+        phrase = "has no case.json of a synthetic case"
+    before = snapshot(tmp_path)
+    code = train_main(["synth", str(anatomy), "-o", str(tmp_path), "--force"])
+    assert_refused(code, capsys, "abdoseg-train", f"{folder} {phrase}", "choose another output folder")
     assert snapshot(tmp_path) == before

@@ -307,6 +307,8 @@ def test_bad_training_data_is_refused_naming_the_case(tmp_path, problem):
     ("--workers", "-1", "--workers must be 0 or more, not -1."),
     ("--field-of-view-probability", "2", "--field-of-view-probability must lie between 0 and 1, not 2.0."),
     ("--flip-probability", "-0.5", "--flip-probability must lie between 0 and 1, not -0.5."),
+    ("--spacing", "30", "--spacing must lie between 0.3 and 10 mm, not 30."),  # a bundle of 30 mm would be refused when read
+    ("--width", "0", "--width must lie between 1 and 64, not 0."),
 ])
 def test_bad_training_options_are_refused_in_one_sentence(tiny_dataset, tmp_path, capsys, option, value, message):
     assert train_main(["fit", "--train", str(tiny_dataset[0]), "-o", str(tmp_path / "m.safetensors"), option, value]) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +16,38 @@ from AbdoSegLib.organs import ORGANS
 from .anatomy import AnatomyCase
 from .synthetic import synthesise
 
+CT_FILE, LABEL_FILE, INFO_FILE = CASE_FILES = ("ct.nii.gz", "label.nii.gz", "case.json")
 
-def write_synthetic_case(anatomy: AnatomyCase, folder: Path, phase: str, rng: np.random.Generator, overwrite: bool = False) -> None:
+
+def write_synthetic_case(anatomy: AnatomyCase, folder: Path, phase: str, rng: np.random.Generator, overwrite: bool = False,
+                         keep: Iterable[Path] = ()) -> None:
     """Paint one synthetic CT of ``anatomy`` in ``phase`` into ``folder``.
 
     The folder gets ``ct.nii.gz`` (int16 HU on the anatomy's model grid), ``label.nii.gz`` (the
     anatomy's organ labels, unchanged) and ``case.json`` (the organs labelled, the phase and the
-    source map), all or nothing.
+    source map), all or nothing. ``overwrite`` replaces only a folder that this function wrote
+    (``not_a_synthetic_case``), never one holding a path of ``keep`` (the anatomy map's files).
     """
     spacing = float(np.linalg.norm(anatomy.affine[:3, 0]))
     hu = synthesise(anatomy.structures, anatomy.depth_mm, spacing, rng, phase=phase, random_phase=0.0)
     info = {"labelled": [organ.name for organ in ORGANS if organ.label in anatomy.labelled],
             "synthetic": {"anatomy": anatomy.name, "phase": phase}}
-    with atomic_directory(folder, overwrite=overwrite) as staging:
-        write_image(Image(np.clip(np.rint(hu), -1024, 3071).astype(np.int16), anatomy.affine), staging / "ct.nii.gz")
-        write_image(Image(anatomy.labels, anatomy.affine), staging / "label.nii.gz")
-        (staging / "case.json").write_text(json.dumps(info, indent=2) + "\n")
+    with atomic_directory(folder, overwrite=overwrite, foreign=not_a_synthetic_case, keep=keep) as staging:
+        write_image(Image(np.clip(np.rint(hu), -1024, 3071).astype(np.int16), anatomy.affine), staging / CT_FILE)
+        write_image(Image(anatomy.labels, anatomy.affine), staging / LABEL_FILE)
+        (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def not_a_synthetic_case(folder: Path) -> str | None:
+    """Why ``folder`` is not a case folder of ``write_synthetic_case`` (a phrase), or None when it is: only its
+    files, among them a case.json that names the synthetic source."""
+    others = sorted(entry.name for entry in folder.iterdir() if entry.name not in CASE_FILES)
+    if others:
+        return f"holds files that abdoseg-train synth does not write ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
+    try:
+        info = json.loads((folder / INFO_FILE).read_text())
+    except (OSError, ValueError):
+        info = None
+    if not isinstance(info, dict) or "synthetic" not in info:
+        return f"has no {INFO_FILE} of a synthetic case written by abdoseg-train synth"
+    return None

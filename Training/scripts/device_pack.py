@@ -53,7 +53,7 @@ def fit(pack_file: Path, options: list[str]) -> int:
     sys.modules.setdefault("SimpleITK", _itk_stand_in())
     import torch
 
-    from abdoseg_train import cli
+    from abdoseg_train import cli, commands
     from abdoseg_train import fit as fit_module
     from abdoseg_train.anatomy import AnatomyCase, AnatomySource
     from abdoseg_train.cases import Case
@@ -71,8 +71,8 @@ def fit(pack_file: Path, options: list[str]) -> int:
     maps = _PACKED["synthetic"] = {e["name"]: AnatomyCase(e["name"], labelled=tuple(e["labelled"]), **fields("synthetic", e))
                                    for e in index["synthetic"]}
     nowhere = Path("packed")
-    cli.discover_cases = lambda root, mapping=None: [Case(name, nowhere, case.labelled) for name, case in real.items()]
-    cli.discover_anatomy = lambda path: [AnatomySource(name, nowhere, nowhere, nowhere) for name in maps]
+    commands.discover_cases = lambda root, mapping=None: [Case(name, nowhere, case.labelled) for name, case in real.items()]
+    commands.discover_anatomy = lambda path: [AnatomySource(name, nowhere, nowhere, nowhere) for name in maps]
     fit_module.prepare = _packed_case
     fit_module.load_anatomy = _packed_map
     given = ["--train", str(pack_file)] if real else []

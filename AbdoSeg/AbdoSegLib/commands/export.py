@@ -3,7 +3,8 @@
 LABELS is a labelmap (NIfTI, NRRD: 0 background, 1 liver, 2 right kidney, 3 left kidney,
 4 spleen) or a Slicer segmentation (.seg.nrrd), whose segments are matched to the organs by
 terminology or name (``io.labelmaps.read_labels``). Formats, coordinates and the smoothing and
-decimation defaults are those of ``surfaces.options``.
+decimation defaults are those of ``surfaces.options``. ``--force`` replaces only a folder of surfaces that export
+wrote (``not_surfaces``), never one that holds LABELS.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..io.atomic import atomic_directory
+from ..io.atomic import atomic_directory, sigterm_as_interrupt
 from ..io.labelmaps import read_labels
+from ..organs import ORGANS
 from ..surfaces.options import COORDINATES, DECIMATION_FACTOR, DEFAULT_COORDINATES, FORMATS, SMOOTHING_FACTOR
 
 
@@ -27,7 +29,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help=f"smoothing factor, 0 (none) to 1 (strong), as in 3D Slicer (default: {SMOOTHING_FACTOR})")
     export.add_argument("--decimation", type=float, default=DECIMATION_FACTOR,
                         help=f"decimation factor, 0 (none) to 1 (fewest triangles), as in 3D Slicer (default: {DECIMATION_FACTOR})")
-    export.add_argument("--force", action="store_true", help="replace an existing output folder")
+    export.add_argument("--force", action="store_true", help="replace an existing output folder of a previous export (never other files)")
     export.set_defaults(run=run_export)
 
 
@@ -47,8 +49,24 @@ def run_export(args: argparse.Namespace) -> None:
     )
 
     labels = read_labels(args.labels, mapping=None)
-    with atomic_directory(args.output, overwrite=args.force) as staging:
+    with sigterm_as_interrupt(), atomic_directory(args.output, overwrite=args.force, foreign=not_surfaces, keep=[args.labels]) as staging:
         written = export_surfaces(labels, staging, args.format, args.coordinates, args.merge, args.smoothing, args.decimation)
     for path in written:
         print(args.output / path.name)
     print(f"{len(written)} files in {args.output} ({args.coordinates.upper()} coordinates, mm)")
+
+
+def not_surfaces(folder: Path) -> str | None:
+    """Why ``folder`` is not an output folder of export (a phrase), or None when it is: surface files with the names
+    export gives them (``ORGAN_LPS.stl``, ``organs_RAS.obj`` and its ``.mtl``, ...) and nothing else."""
+    from ..surfaces.meshes import MERGED_NAME
+
+    names = {f"{name}_{space.upper()}.{suffix}" for name in [organ.name for organ in ORGANS] + [MERGED_NAME]
+             for space in COORDINATES for suffix in (*FORMATS, "mtl")}
+    entries = sorted(entry.name for entry in folder.iterdir())
+    others = [name for name in entries if name not in names or not (folder / name).is_file()]
+    if others:
+        return f"holds files that abdoseg export does not write ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
+    if not entries:
+        return "is empty"
+    return None

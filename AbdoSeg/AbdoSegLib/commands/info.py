@@ -1,4 +1,4 @@
-"""``abdoseg info [BUNDLE]``: print a model bundle's metadata."""
+"""``abdoseg info [BUNDLE]``: check a model bundle (metadata and weights, as ``segment`` does) and print its metadata."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..model.bundle import read_metadata
+from ..model.bundle import load_bundle
 from ..resources import DEFAULT_BUNDLE
 
 
@@ -17,4 +17,4 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_info(args: argparse.Namespace) -> None:
-    print(json.dumps(read_metadata(args.model), indent=2))
+    print(json.dumps(load_bundle(args.model).metadata, indent=2))

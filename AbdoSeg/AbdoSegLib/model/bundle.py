@@ -7,9 +7,9 @@ safetensors loads without pickle, so a bundle cannot run code. The metadata (hea
     {spacing_mm, hu_window}, inference {patch_size, overlap}, labels [{label, name}],
     training {...}, validation {...}
 
-A bundle that is not a safetensors file, lacks the metadata, has another format version,
-another label table or weights that do not fit its architecture is refused with one
-sentence.
+A bundle that is not a safetensors file, lacks the metadata, breaks the metadata's schema
+(``bundle_schema``: every field's type and range, the format version, the label table) or has
+weights that do not fit its architecture or are not finite is refused with one sentence.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from ..errors import AbdoSegError
 from ..io.atomic import atomic_path
 from ..organs import label_table
 from ..resources import DEFAULT_BUNDLE
+from .bundle_schema import FORMAT_VERSION, check_metadata, check_weights
 from .preprocessing import Preprocessing
 from .vnet import VNet, VNetConfig
 
-FORMAT_VERSION = 1
 METADATA_KEY = "abdoseg"
 
 
@@ -52,7 +52,7 @@ class ModelBundle:
 
     @property
     def overlap(self) -> float:
-        return float(self.metadata["inference"].get("overlap", 0.25))
+        return float(self.metadata["inference"]["overlap"])
 
     @property
     def model_id(self) -> str:
@@ -71,7 +71,7 @@ def save_bundle(
     training: dict | None = None,
     validation: dict | None = None,
 ) -> str:
-    """Write a bundle atomically; returns its SHA-256 (hex)."""
+    """Write a bundle atomically; returns its SHA-256 (hex). Metadata outside ``bundle_schema`` is refused (AbdoSegError)."""
     divisor = network.config.divisor
     if any(n % divisor for n in patch_size):
         raise ValueError(f"patch size {patch_size} must be divisible by {divisor}")
@@ -86,6 +86,7 @@ def save_bundle(
         "training": training or {},
         "validation": validation or {},
     }
+    check_metadata(json.loads(json.dumps(metadata)), path)  # as a reader will see it: tuples are lists
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in network.state_dict().items()}
     with atomic_path(path) as temporary:
         save_file(tensors, str(temporary), metadata={METADATA_KEY: json.dumps(metadata)})
@@ -93,7 +94,7 @@ def save_bundle(
 
 
 def read_metadata(path: str | Path) -> dict:
-    """The bundle's metadata, checked for format version and label table (weights not read)."""
+    """The bundle's metadata, checked against ``bundle_schema`` (weights not read)."""
     path = Path(path)
     if not path.is_file():
         raise AbdoSegError(f"model bundle {path} does not exist.")
@@ -108,20 +109,12 @@ def read_metadata(path: str | Path) -> dict:
         metadata = json.loads(header[METADATA_KEY])
     except json.JSONDecodeError:
         raise AbdoSegError(f"{path} has damaged AbdoSeg metadata (not valid JSON).") from None
-    if not isinstance(metadata, dict):
-        raise AbdoSegError(f"{path} has damaged AbdoSeg metadata (not a JSON object).")
-    version = metadata.get("format_version")
-    if version != FORMAT_VERSION:
-        raise AbdoSegError(f"{path} is a model bundle of format version {version}; this AbdoSeg reads version {FORMAT_VERSION}.")
-    if metadata.get("labels") != label_table():
-        raise AbdoSegError(f"{path} was trained for other labels ({metadata.get('labels')}); AbdoSeg needs {label_table()}.")
-    if metadata.get("architecture", {}).get("name") != "vnet":
-        raise AbdoSegError(f"{path} holds an unknown architecture {metadata.get('architecture', {}).get('name')!r}.")
+    check_metadata(metadata, path)
     return metadata
 
 
 def load_bundle(path: str | Path = DEFAULT_BUNDLE) -> ModelBundle:
-    """Load and check a bundle; the network is returned in eval mode on the CPU."""
+    """Load and check a bundle (metadata and finite weights); the network is returned in eval mode on the CPU."""
     path = Path(path)
     metadata = read_metadata(path)
     try:
@@ -132,6 +125,7 @@ def load_bundle(path: str | Path = DEFAULT_BUNDLE) -> ModelBundle:
         network.load_state_dict(state, strict=True)
     except (SafetensorError, RuntimeError, TypeError, ValueError, KeyError) as error:
         raise AbdoSegError(f"{path} has weights that do not fit its architecture ({_short(error)}).") from None
+    check_weights(state, path)
     network.eval()
     return ModelBundle(network, metadata, file_sha256(path), path)
 

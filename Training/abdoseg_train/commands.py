@@ -1,0 +1,200 @@
+"""The commands of ``abdoseg-train`` (usage in ``cli.py``): the parser and one ``run_*(args)`` per command.
+
+This module imports torch, SimpleITK and nibabel; ``cli.main`` imports it inside the command line's handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from AbdoSegLib.errors import AbdoSegError
+from AbdoSegLib.io.atomic import atomic_path, sigterm_as_interrupt
+from AbdoSegLib.io.labelmaps import PRESETS, parse_mapping
+from AbdoSegLib.model.bundle import load_bundle
+from AbdoSegLib.model.bundle_schema import CONFIG_RANGES, SPACING_RANGE_MM
+from AbdoSegLib.model.preprocessing import Preprocessing
+from AbdoSegLib.model.vnet import VNet
+
+from .anatomy import discover_anatomy, load_anatomy
+from .cases import discover_cases
+from .checkpoint import load_checkpoint
+from .config import TrainConfig
+from .evaluation import evaluate, organ_table
+from .fit import export, fit
+from .synthetic import PHASES, choose_phase
+from .synthetic_cases import write_synthetic_case
+
+
+def _triple(text: str) -> tuple[int, int, int]:
+    values = [int(v) for v in text.split(",")]
+    return tuple(values * 3 if len(values) == 1 else values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(prog="abdoseg-train", description="Train the AbdoSeg V-Net and export a model bundle.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    fit_parser = commands.add_parser("fit", help="train on labelled CT and export the best model")
+    fit_parser.add_argument("--train", type=Path, nargs="+", default=[], help="case folders or folders of cases")
+    fit_parser.add_argument("--synthetic", type=Path, nargs="+", default=[],
+                            help="anatomy maps (*_anatomy.nii.gz, or folders of them) to paint synthetic CT from")
+    fit_parser.add_argument("--synthetic-fraction", type=float, default=defaults.synthetic_fraction,
+                            help="share of synthetic patches when there are real cases too")
+    fit_parser.add_argument("--flip-probability", type=float, default=defaults.flip_probability,
+                            help="of a left-right mirror with kidney labels swapped")
+    fit_parser.add_argument("--field-of-view-probability", type=float, default=defaults.field_of_view_probability,
+                            help="of a patch in which the scan ends (an axial plane or a reconstruction circle)")
+    fit_parser.add_argument("--negative-fraction", type=float, default=defaults.negative_fraction,
+                            help="share of patches centred far (> 60 mm) from every organ, from any case")
+    fit_parser.add_argument("--distractor-probability", type=float, default=defaults.distractor_probability,
+                            help="of a synthetic patch with cysts and masses (labelled background) beside its organs")
+    fit_parser.add_argument("--lesion-probability", type=float, default=defaults.lesion_probability,
+                            help="of a synthetic patch with lesions (labelled as the organ) inside its organs")
+    fit_parser.add_argument("--organ-scaling-probability", type=float, default=defaults.organ_scaling_probability,
+                            help="of a synthetic patch with one organ grown (liver, spleen up to 1.5x) or shrunk (kidneys to 0.6x)")
+    fit_parser.add_argument("--validate", type=Path, nargs="*", default=[], help="held-out case folders")
+    fit_parser.add_argument("--map", dest="mapping", default=None,
+                            help=f"label ids of the data -> AbdoSeg's: a preset ({', '.join(PRESETS)}) or 'theirs:ours,...'")
+    fit_parser.add_argument("-o", "--output", type=Path, required=True, help="model bundle to write (.safetensors)")
+    fit_parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    fit_parser.add_argument("--iterations-per-epoch", type=int, default=defaults.iterations_per_epoch)
+    fit_parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    fit_parser.add_argument("--patch", type=_triple, default=defaults.patch, help="training patch, e.g. 80 or 96,96,64")
+    fit_parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="Adam learning rate")
+    fit_parser.add_argument("--width", type=int, default=defaults.width, help="channels of the first V-Net stage")
+    fit_parser.add_argument("--spacing", type=float, default=defaults.spacing_mm[0], help="model voxel size in mm (isotropic)")
+    fit_parser.add_argument("--validate-every", type=int, default=defaults.validate_every, help="epochs between validations")
+    fit_parser.add_argument("--keep", choices=("best", "last"), default=defaults.keep,
+                            help="export the epoch best on validation, or the last one (validated, not selected)")
+    fit_parser.add_argument("--seed", type=int, default=defaults.seed)
+    fit_parser.add_argument("--device", default=defaults.device)
+    fit_parser.add_argument("--workers", type=int, default=defaults.workers,
+                            help="processes that prepare cases and paint and augment patches while the network trains "
+                                 "(0: the training process; on a GPU, about the number of CPU cores)")
+    fit_parser.add_argument("--name", default=defaults.name, help="model name recorded in the bundle")
+    fit_parser.add_argument("--cache", type=Path, default=None, help="folder for preprocessed cases")
+    fit_parser.add_argument("--workdir", type=Path, default=Path("runs") / "latest", help="checkpoint and logs (log.csv, tensorboard/)")
+    fit_parser.add_argument("--resume", type=Path, default=None, help="continue from a checkpoint of the same settings")
+    fit_parser.add_argument("--init", type=Path, default=None, help="start from this model bundle's weights (fine-tuning)")
+    fit_parser.add_argument("--force", action="store_true", help="replace an existing output file")
+    fit_parser.set_defaults(run=run_fit)
+
+    evaluate_parser = commands.add_parser("evaluate", help="segment labelled cases with a bundle and print per-organ metrics")
+    evaluate_parser.add_argument("model", type=Path, help="model bundle")
+    evaluate_parser.add_argument("cases", type=Path, nargs="+", help="case folders or folders of cases")
+    evaluate_parser.add_argument("--device", default="auto")
+    evaluate_parser.add_argument("--map", dest="mapping", default=None, help="label ids of the data -> AbdoSeg's (as for fit)")
+    evaluate_parser.add_argument("--json", type=Path, default=None, help="write per-case metrics here")
+    evaluate_parser.add_argument("--force", action="store_true", help="replace an existing --json file")
+    evaluate_parser.set_defaults(run=run_evaluate)
+
+    export_parser = commands.add_parser("export", help="turn a training checkpoint's best network into a model bundle")
+    export_parser.add_argument("checkpoint", type=Path)
+    export_parser.add_argument("-o", "--output", type=Path, required=True, help="model bundle to write (.safetensors)")
+    export_parser.add_argument("--last", action="store_true", help="the last epoch's network instead of the best one")
+    export_parser.add_argument("--force", action="store_true", help="replace an existing output file")
+    export_parser.set_defaults(run=run_export)
+
+    synth_parser = commands.add_parser("synth", help="paint synthetic CT case folders from anatomy maps (to look at or train on)")
+    synth_parser.add_argument("anatomy", type=Path, nargs="+", help="anatomy maps (*_anatomy.nii.gz) or folders of them")
+    synth_parser.add_argument("-o", "--output", type=Path, required=True, help="folder to write the case folders into")
+    synth_parser.add_argument("--phase", choices=PHASES, default=None, help="contrast phase (default: drawn per case)")
+    synth_parser.add_argument("--count", type=int, default=1, help="synthetic scans per anatomy map")
+    synth_parser.add_argument("--spacing", type=float, default=defaults.spacing_mm[0], help="voxel size in mm (isotropic)")
+    synth_parser.add_argument("--seed", type=int, default=0)
+    synth_parser.add_argument("--force", action="store_true", help="replace existing case folders")
+    synth_parser.set_defaults(run=run_synth)
+    return parser
+
+
+def run_fit(args: argparse.Namespace) -> None:
+    if args.output.exists() and not args.force:
+        raise AbdoSegError(f"{args.output} already exists; choose another name or pass --force.")
+    mapping = parse_mapping(args.mapping) if args.mapping else None
+    train = [case for root in args.train for case in discover_cases(root, mapping)]
+    validation = [case for root in args.validate for case in discover_cases(root, mapping)]
+    synthetic = [source for path in args.synthetic for source in discover_anatomy(path)]
+    if not train and not synthetic:
+        raise AbdoSegError("no training cases were given (--train, or --synthetic anatomy maps).")
+    if args.workers < 0:
+        raise AbdoSegError(f"--workers must be 0 or more, not {args.workers}.")
+    _check_spacing(args.spacing)
+    low, high = CONFIG_RANGES["width"]
+    if not low <= args.width <= high:  # checked now, not when the bundle is written after the training
+        raise AbdoSegError(f"--width must lie between {low} and {high}, not {args.width}.")
+    for name, value in (("--synthetic-fraction", args.synthetic_fraction), ("--flip-probability", args.flip_probability),
+                        ("--field-of-view-probability", args.field_of_view_probability),
+                        ("--negative-fraction", args.negative_fraction),
+                        ("--distractor-probability", args.distractor_probability), ("--lesion-probability", args.lesion_probability),
+                        ("--organ-scaling-probability", args.organ_scaling_probability)):
+        if not 0 <= value <= 1:
+            raise AbdoSegError(f"{name} must lie between 0 and 1, not {value}.")
+    config = TrainConfig(
+        spacing_mm=(args.spacing,) * 3, width=args.width, patch=args.patch, batch_size=args.batch_size,
+        epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, learning_rate=args.lr,
+        validate_every=args.validate_every, seed=args.seed, device=args.device, name=args.name,
+        synthetic_fraction=args.synthetic_fraction, flip_probability=args.flip_probability, keep=args.keep,
+        workers=args.workers, field_of_view_probability=args.field_of_view_probability,
+        negative_fraction=args.negative_fraction, distractor_probability=args.distractor_probability,
+        lesion_probability=args.lesion_probability, organ_scaling_probability=args.organ_scaling_probability,
+    )
+    best = fit(train, validation, config, args.output, args.workdir, args.cache, args.resume, args.init, synthetic)
+    print(json.dumps({"model": str(args.output), "validation": {k: v for k, v in best.items() if k != "per_case"}}, indent=2))
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    if args.json and args.json.exists() and not args.force:
+        raise AbdoSegError(f"{args.json} already exists; choose another name or pass --force.")
+    bundle = load_bundle(args.model)
+    mapping = parse_mapping(args.mapping) if args.mapping else None
+    cases = [case for root in args.cases for case in discover_cases(root, mapping)]
+    results = evaluate(bundle, cases, args.device)
+    print(organ_table(results))
+    if args.json:
+        with atomic_path(args.json) as temporary:
+            temporary.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    if args.output.exists() and not args.force:
+        raise AbdoSegError(f"{args.output} already exists; choose another name or pass --force.")
+    state = load_checkpoint(args.checkpoint)
+    config = TrainConfig(**state["config"])
+    network = VNet(config.network_config)
+    network.load_state_dict(state["network" if args.last else "best_state"])
+    validation = {"epoch": state["epoch"], "note": "last epoch, exported with --last"} if args.last else state["best"]
+    sha256 = export(network, config, validation, args.output, state["log"], seconds=state["log"][-1]["seconds"] if state["log"] else 0.0, device="cpu")
+    print(f"wrote {args.output} (sha256 {sha256})")
+
+
+def run_synth(args: argparse.Namespace) -> None:
+    if args.count < 1:
+        raise AbdoSegError(f"--count must be at least 1, not {args.count}.")
+    _check_spacing(args.spacing)
+    sources = [source for path in args.anatomy for source in discover_anatomy(path)]
+    spec = Preprocessing((args.spacing,) * 3, TrainConfig().hu_window)
+    rng = np.random.default_rng(args.seed)
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AbdoSegError(f"cannot create the output folder {args.output} ({error.strerror}).") from None
+    with sigterm_as_interrupt():  # each case folder is written atomically: a SIGTERM leaves the finished ones and no partial one
+        for source in sources:
+            anatomy = load_anatomy(source, spec)
+            inputs = [path for path in (source.target, source.detail, source.info) if path is not None]
+            for index in range(1, args.count + 1):
+                folder = args.output / f"{source.name}_synthetic_{index}"
+                phase = args.phase or choose_phase(rng)
+                write_synthetic_case(anatomy, folder, phase, rng, overwrite=args.force, keep=inputs)
+                print(f"wrote {folder} ({phase})")
+
+
+def _check_spacing(spacing: float) -> None:
+    """The spacing a model bundle may have (``bundle_schema``): refused before any work rather than at the export."""
+    low, high = SPACING_RANGE_MM
+    if not low <= spacing <= high:
+        raise AbdoSegError(f"--spacing must lie between {low:g} and {high:g} mm, not {spacing:g}.")
