@@ -74,8 +74,12 @@ def test_a_full_disk_is_one_sentence(tiny_bundle_path):
     one_sentence(result.stderr, "abdoseg: error: ", "the disk is full")
 
 
-def test_ctrl_c_while_the_modules_import_is_one_line():
-    child = subprocess.Popen([*ABDOSEG, "info"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+@pytest.mark.parametrize("command, program", [
+    ([*ABDOSEG, "info"], "abdoseg"),
+    ([sys.executable, "-m", "abdoseg_train.cli", "evaluate", "absent.safetensors", "absent"], "abdoseg-train"),
+], ids=["abdoseg", "abdoseg-train"])
+def test_ctrl_c_while_the_modules_import_is_one_line(command, program):
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     maps = Path(f"/proc/{child.pid}/maps")
     # Interrupt once torch's library is mapped: the child is then inside `import torch`, which
     # takes seconds more. Bounded polling: at most 20000 looks, then the test fails below.
@@ -86,7 +90,7 @@ def test_ctrl_c_while_the_modules_import_is_one_line():
     stdout, stderr = child.communicate(timeout=120)
     assert child.returncode == INTERRUPTED, stderr
     assert stdout == ""
-    one_sentence(stderr, "abdoseg: interrupted")
+    one_sentence(stderr, f"{program}: interrupted")
 
 
 def _parser_raising(error: BaseException) -> argparse.ArgumentParser:
@@ -168,6 +172,7 @@ def _ct(shape=(40, 40, 20)) -> np.ndarray:
 def _save(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
     image = nib.Nifti1Image(array, None)
     image.set_sform(affine, code=1)  # no qform: nibabel cannot write one from a singular affine
+    image.header.set_zooms(np.linalg.norm(affine[:3, :3], axis=0))  # ITK (and Slicer) take the voxel size from pixdim
     nib.save(image, str(path))
     return path
 

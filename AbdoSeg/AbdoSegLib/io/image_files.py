@@ -1,8 +1,12 @@
 """Reading and writing volumes: NIfTI, NRRD and DICOM series.
 
-NIfTI is read with nibabel (SimpleITK's NIfTI reader fills a truncated file with zeros
-without a word); NRRD, MetaImage and DICOM series (ITK's GDCM, JPEG-2000 included) with
-SimpleITK, whose LPS geometry is converted to the engine's RAS affine here, at the edge.
+The grid of every volume is the one ITK (and so 3D Slicer) reads from the same file. NIfTI voxels
+are read with nibabel (SimpleITK's NIfTI reader fills a truncated file with zeros without a word)
+and its header with both, which must agree (``nifti_header``); NRRD, MetaImage and DICOM series
+(ITK's GDCM, JPEG-2000 included) with SimpleITK, a DICOM folder after ``dicom_series`` has chosen
+and checked its files. ITK's LPS geometry is converted to the engine's RAS affine here, at the edge.
+ITK's warnings stay off: the one its series reader gives (uneven slice spacing) is checked, and
+refused, by ``dicom_series``, and NIfTI headers that ITK warns about are compared with nibabel's reading.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import SimpleITK as sitk
 from ..errors import AbdoSegError
 from ..image import Image
 from .atomic import atomic_path
+from .dicom_series import read_series_headers
+from .nifti_header import corner_shift_mm, nifti_geometry
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -32,21 +38,25 @@ sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warnings are not for us
 nib.imageglobals.logger.setLevel(logging.CRITICAL)  # nibabel logs the header errors it then raises, as a second line
 
 
-def read_image(path: str | Path) -> Image:
+def read_image(path: str | Path, notes: list[str] | None = None) -> Image:
     """Read a 3D scalar volume from a file or a DICOM series folder.
 
     Returns an Image with array shape (I, J, K) and a RAS affine. Raises AbdoSegError with
     one sentence when the path is missing, unreadable, truncated, not a 3D scalar image of
-    integer or real values, larger than ``MAX_VOXELS``, or when its voxel-to-world transform is
-    singular or not finite.
+    integer or real values, larger than ``MAX_VOXELS``, when its voxel-to-world transform is
+    singular or not finite, or when its geometry is ambiguous (``nifti_header``, ``dicom_series``).
+    Appends to ``notes`` one sentence per choice made (a DICOM folder's series, for example).
     """
     path = Path(path)
+    notes = [] if notes is None else notes
     if not path.exists():
         raise AbdoSegError(f"{path} does not exist.")
     try:
         if path.name.lower().endswith(NIFTI_SUFFIXES):
-            return _read_nifti(path)
-        itk_image = _read_dicom_series(path) if path.is_dir() else _read_itk_file(path)
+            return _read_nifti(path, notes)
+        if path.is_dir():
+            return _read_dicom_series(path, notes)
+        itk_image = _read_itk_file(path)
     except nib.spatialimages.HeaderDataError as error:  # e.g. "data code 1 not supported": 1-bit voxels
         raise AbdoSegError(f"{path} has an unusable NIfTI header ({first_line(error)}); a 3D image of integer or real values is needed.") from None
     except (RuntimeError, OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as error:
@@ -78,16 +88,30 @@ def to_itk(image: Image, pixel_type: int | None = None) -> sitk.Image:
     return itk_image
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    """The DICOM series with the most slices in ``folder``."""
-    reader = sitk.ImageSeriesReader()
-    series_ids = reader.GetGDCMSeriesIDs(str(folder))
-    if not series_ids:
+def _read_dicom_series(folder: Path, notes: list[str]) -> Image:
+    """The series of ``folder`` that ``dicom_series`` chose and checked, on the grid ITK builds from it."""
+    series = read_series_headers(folder, notes)
+    if series is None:
         raise AbdoSegError(f"{folder} is a folder without a DICOM series (readable: {READABLE}).")
-    files = max((reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len)
-    _check_size(folder, (*_header(files[0]).GetSize()[:2], len(files)))
-    reader.SetFileNames(files)
-    return reader.Execute()
+    _check_size(folder, series.shape)
+    try:  # the series reader would make a multi-frame file 4D
+        itk_image = sitk.ReadImage(str(series.files[0])) if len(series.files) == 1 else sitk.ReadImage([str(f) for f in series.files])
+    except RuntimeError:
+        for file in series.files:  # GDCM's message does not name the file it could not read
+            try:
+                _header(file)
+            except RuntimeError:
+                raise AbdoSegError(f"{file} is damaged or truncated (GDCM cannot read it); copy the series again.") from None
+        raise
+    image = _to_image(itk_image, folder)
+    expected = LPS_TO_RAS @ series.affine
+    # A tenth of a voxel: ITK straightens cosines written with few digits its own way; another order, flip or spacing is far more.
+    if image.shape != series.shape or corner_shift_mm(image.affine, expected, image.shape) > 0.1 * image.spacing.min():
+        raise AbdoSegError(
+            f"{folder}: ITK built a grid ({_grid(image.affine, image.shape)}) other than the one its DICOM headers give "
+            f"({_grid(expected, series.shape)}), so where its voxels lie is uncertain."
+        )
+    return image
 
 
 def _header(path: str | Path) -> sitk.ImageFileReader:
@@ -104,7 +128,7 @@ def _read_itk_file(path: Path) -> sitk.Image:
     return reader.Execute()
 
 
-def _read_nifti(path: Path) -> Image:
+def _read_nifti(path: Path, notes: list[str]) -> Image:
     nifti = nib.load(str(path))
     shape = nifti.shape
     while len(shape) > 3 and shape[-1] == 1:
@@ -113,11 +137,16 @@ def _read_nifti(path: Path) -> Image:
     _check_size(path, shape)
     _check_voxel_type(path, nifti.get_data_dtype())
     _check_affine(path, nifti.affine)
+    try:
+        itk_affine = _itk_affine(_header(path))
+    except RuntimeError as error:
+        raise AbdoSegError(f"{path} has a NIfTI header that ITK, and so 3D Slicer, cannot read ({first_line(error)}).") from None
+    affine = nifti_geometry(path, nifti, itk_affine, notes)
     array = np.asarray(nifti.dataobj.get_unscaled()).reshape(shape)
     slope, inter = nifti.dataobj.slope, nifti.dataobj.inter
     if (slope, inter) != (1.0, 0.0):
         array = array.astype(np.float32) * np.float32(slope) + np.float32(inter)
-    return Image(array, nifti.affine)
+    return Image(array, affine)
 
 
 def _check_3d(path: Path, dimension: int, size: tuple[int, ...]) -> None:
@@ -162,16 +191,26 @@ def _to_image(itk_image: sitk.Image, path: Path) -> Image:
     if itk_image.GetNumberOfComponentsPerPixel() != 1:
         raise AbdoSegError(f"{path} has {itk_image.GetNumberOfComponentsPerPixel()} values per voxel; a scalar 3D image is needed.")
     _check_3d(path, itk_image.GetDimension(), itk_image.GetSize())
-    direction = np.array(itk_image.GetDirection()).reshape(3, 3)
-    affine_lps = np.eye(4)
-    affine_lps[:3, :3] = direction * np.array(itk_image.GetSpacing())
-    affine_lps[:3, 3] = itk_image.GetOrigin()
-    affine = LPS_TO_RAS @ affine_lps
+    affine = _itk_affine(itk_image)
     _check_affine(path, affine)
     array = sitk.GetArrayViewFromImage(itk_image).transpose(2, 1, 0)
     _check_voxel_type(path, array.dtype)
     # The view keeps the SimpleITK buffer alive only while itk_image lives: copy out of it.
     return Image(np.array(array, copy=True), affine)
+
+
+def _itk_affine(itk: sitk.Image | sitk.ImageFileReader) -> np.ndarray:
+    """The (4, 4) RAS voxel-to-world transform of the first three axes of an ITK image or header."""
+    dimension = len(itk.GetSpacing())
+    affine_lps = np.eye(4)
+    affine_lps[:3, :3] = np.array(itk.GetDirection()).reshape(dimension, dimension)[:3, :3] * np.array(itk.GetSpacing()[:3])
+    affine_lps[:3, 3] = itk.GetOrigin()[:3]
+    return LPS_TO_RAS @ affine_lps
+
+
+def _grid(affine: np.ndarray, shape: tuple[int, ...]) -> str:
+    spacing = " x ".join(f"{v:.4g}" for v in np.linalg.norm(affine[:3, :3], axis=0))
+    return f"{'x'.join(str(n) for n in shape)} voxels of {spacing} mm, {''.join(nib.aff2axcodes(affine))}, origin {np.round(affine[:3, 3], 2).tolist()}"
 
 
 def first_line(error: Exception) -> str:
