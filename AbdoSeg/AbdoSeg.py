@@ -358,11 +358,13 @@ class AbdoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("The comparison failed."), waitCursor=True):
             self.logic.setupPythonRequirements(askConfirmation=True)
-            table, _metrics = self.logic.compareSegmentations(
+            table, metrics = self.logic.compareSegmentations(
                 parameters.outputSegmentation, parameters.referenceSegmentation, tableNode=parameters.metricsTable
             )
             parameters.metricsTable = table
             self.logic.showTable(table)
+            if "region" in metrics:  # organ labels outside the region both fields of view cover were left out: say so
+                slicer.util.warningDisplay(metrics["region"]["note"], windowTitle=_("Comparison"))
 
     def onExportButton(self) -> None:
         parameters = self._parameterNode

@@ -15,6 +15,8 @@ outside voxels, each weighted by its marching-cubes surface area (mm^2). Then
 Both labelmaps must lie on one grid (``require_one_grid``): a reference on another grid is
 resampled once, where it enters (``io.regrid.labels_onto_grid`` in ``abdoseg compare`` and in
 training evaluation; Slicer's export onto one volume in the scene comparison), never here.
+Where the two fields of view differ, ``compare_in_common_region`` compares inside the region
+both cover and says what it left out (``abdoseg compare`` and the scene comparison use it).
 
 Distances are in mm in world space. Empty masks are explicit (``status``): both empty ->
 every comparison metric is None (not applicable; the volumes are 0.0); one empty -> dice 0,
@@ -32,11 +34,13 @@ surface-distance's definition; Testing/test_metrics.py checks both against surfa
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ..errors import AbdoSegError
 from ..image import Image, bounding_boxes
 from ..organs import ORGANS
 from .surfels import surfel_areas, surfel_codes
@@ -56,6 +60,11 @@ _ROUNDING_MM = 1e-6
 
 COMPARED, BOTH_EMPTY, PREDICTION_EMPTY, REFERENCE_EMPTY = "compared", "both_empty", "prediction_empty", "reference_empty"
 """The ``status`` of an organ's entry: found on both sides, on neither, or on one side only."""
+
+REGION = "region"
+"""The key beside the organ names under which ``compare_in_common_region`` says what it left out."""
+
+_WORLD_AXES = ("left-right", "posterior-anterior", "inferior-superior")  # RAS
 
 
 def dice(prediction: np.ndarray, reference: np.ndarray) -> float | None:
@@ -117,14 +126,75 @@ def compare_labelmaps(prediction: Image, reference: Image, tolerances: dict[str,
 
 
 def jsonable(results: dict[str, dict], digits: int = 4) -> dict[str, dict]:
-    """``compare_labelmaps``'s results for JSON: floats rounded, infinity as "inf", None as null."""
+    """``compare_labelmaps``'s (or ``compare_in_common_region``'s) results for JSON: floats rounded, infinity as "inf", None as null."""
 
     def convert(value):
         if isinstance(value, float):
             return "inf" if math.isinf(value) else round(value, digits)
+        if isinstance(value, dict):
+            return {key: convert(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [convert(item) for item in value]
         return value
 
-    return {organ: {key: convert(value) for key, value in metrics.items()} for organ, metrics in results.items()}
+    return convert(results)
+
+
+def compare_in_common_region(
+    prediction: Image,
+    reference: Image,
+    covered: np.ndarray,
+    reference_outside_ml: dict[str, float] | None = None,
+    names: tuple[str, str] = ("the prediction", "the reference"),
+    tolerances: dict[str, float] | None = None,
+) -> dict[str, dict]:
+    """``compare_labelmaps`` inside the region that both labelmaps' fields of view cover.
+
+    prediction: organ ids on its grid, (I, J, K). reference: the reference resampled onto that
+    grid (``io.regrid.labels_onto_grid``: 0 outside its field of view). covered: bool (I, J, K),
+    the voxels inside the reference's field of view (``io.regrid.covered_voxels``): the region both
+    cover. reference_outside_ml: {organ name: mL} of the reference's organ labels outside the
+    prediction's field of view (``organ_volumes_outside``), which the resampling dropped; None if
+    unknown. names: what sentences call the prediction and the reference (file or node names).
+
+    The metrics run on the prediction's grid. Its labels outside the region become background:
+    the reference cannot judge them, so they are not false positives. An organ cut by the
+    region's edge then has the same flat face in both labelmaps, as if both were cropped to the
+    region's box (a surfel at an array's edge lies where it lies at a mask's edge); unlike that
+    box, the mask also leaves out what the box of an oblique region holds beyond the reference's
+    view. The reference's organs outside the prediction's view are not counted as missed either:
+    the resampling onto the prediction's grid dropped them; ``reference_outside_ml`` says how much.
+
+    Returns ``compare_labelmaps``'s {organ name: entry} and, only when organ labels of either side
+    lie outside the region (and so are left out), REGION: {"note": one sentence saying so,
+    "prediction_share": the region's share of the prediction's voxels (0..1), "ras_min_mm",
+    "ras_max_mm": the world box of the region (3 floats each), "prediction_outside_ml",
+    "reference_outside_ml": {organ name: mL} left out on each side (the latter None if unknown)}.
+    Raises AbdoSegError when the fields of view do not overlap or the reference's organs all lie
+    outside the prediction's.
+    """
+    predicted, referenced = names
+    if not covered.any():
+        raise AbdoSegError(f"the field of view of {referenced} lies entirely outside the field of view of {predicted}; are they of the same scan?")
+    if sum((reference_outside_ml or {}).values()) > 0 and not reference.array.any():
+        raise AbdoSegError(f"the organs of {referenced} all lie outside the field of view of {predicted}; are they of the same scan?")
+    prediction_outside_ml = organ_volumes_outside(prediction, covered)
+    if not covered.all():
+        prediction = prediction.with_array(np.where(covered, prediction.array, 0).astype(prediction.array.dtype, copy=False))
+    results = compare_labelmaps(prediction, reference, tolerances)
+    if sum(prediction_outside_ml.values()) > 0 or sum((reference_outside_ml or {}).values()) > 0:
+        results[REGION] = _region(prediction, covered, prediction_outside_ml, reference_outside_ml, names)
+    return results
+
+
+def organ_volumes_outside(labels: Image, covered: np.ndarray) -> dict[str, float]:
+    """{organ name: mL of the organ's voxels where ``covered`` (bool, the shape of ``labels``) is False}, every organ of the table."""
+    counts = np.zeros(max(organ.label for organ in ORGANS) + 1, dtype=np.int64)
+    if not covered.all():
+        outside = np.asarray(labels.array)[~covered]
+        outside = outside[(outside > 0) & (outside < len(counts))]
+        counts = np.bincount(outside.astype(np.intp), minlength=len(counts))
+    return {organ.name: int(counts[organ.label]) * labels.voxel_volume_ml for organ in ORGANS}
 
 
 def _union_box(pred_boxes: list, ref_boxes: list, label: int) -> tuple[slice, ...] | None:
@@ -192,6 +262,38 @@ def _surface_distances(mask_a: np.ndarray, mask_b: np.ndarray, grid: Image) -> t
             distances[off_other] = tree.query(points[off_other], workers=-1)[0]
         result.append((distances, own_areas))
     return tuple(result)
+
+
+def _region(grid: Image, covered: np.ndarray, prediction_outside_ml: dict, reference_outside_ml: dict | None, names: tuple[str, str]) -> dict:
+    """``compare_in_common_region``'s REGION entry: the region both cover, what lies outside it, and a sentence."""
+    predicted, referenced = names
+    spans = [np.flatnonzero(covered.any(axis=others)) for others in ((1, 2), (0, 2), (0, 1))]  # covered indices along i, j, k
+    region_min, region_max = _world_box(grid.affine, [span[0] - 0.5 for span in spans], [span[-1] + 0.5 for span in spans])
+    grid_min, grid_max = _world_box(grid.affine, [-0.5] * 3, [n - 0.5 for n in grid.shape])
+    share = float(covered.mean())
+    cut = [f"{region_max[a] - region_min[a]:.1f} of {grid_max[a] - grid_min[a]:.1f} mm {_WORLD_AXES[a]}"
+           for a in range(3) if region_max[a] - region_min[a] < grid_max[a] - grid_min[a] - 0.01]
+    share_text = f"{100 * share:.3g} % of {predicted}'s field of view" if share < 1.0 else f"all of {predicted}'s field of view"
+    note = f"compared inside the region both fields of view cover ({', '.join(cut + [share_text])})"
+    if sum(prediction_outside_ml.values()) > 0:
+        note += f"; outside it, {predicted} has {_labels_phrase(prediction_outside_ml)} that {referenced} cannot judge"
+    if sum((reference_outside_ml or {}).values()) > 0:
+        note += f"; {referenced} has {_labels_phrase(reference_outside_ml)} outside the field of view of {predicted}, not counted as missed"
+    return {"note": note + ".", "prediction_share": share, "ras_min_mm": [float(v) for v in region_min], "ras_max_mm": [float(v) for v in region_max],
+            "prediction_outside_ml": prediction_outside_ml, "reference_outside_ml": reference_outside_ml}
+
+
+def _world_box(affine: np.ndarray, low: list[float], high: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The world (RAS mm) bounding box, (min, max) of shape (3,) each, of the voxel-index box from ``low`` to ``high``."""
+    corners = np.array(list(itertools.product(*zip(low, high))), dtype=np.float64)
+    world = corners @ affine[:3, :3].T + affine[:3, 3]
+    return world.min(axis=0), world.max(axis=0)
+
+
+def _labels_phrase(volumes_ml: dict[str, float]) -> str:
+    """"12.3 mL of organ labels (liver 10.0, spleen 2.3)": the total and the organs that have some."""
+    parts = ", ".join(f"{name.replace('_', ' ')} {ml:.1f}" for name, ml in volumes_ml.items() if ml > 0)
+    return f"{sum(volumes_ml.values()):.1f} mL of organ labels ({parts})"
 
 
 def _weighted_percentile(distances: np.ndarray, areas: np.ndarray, percent: float) -> float:

@@ -8,12 +8,20 @@ AbdoSeg's organ ids; REF too, unless ``--map`` says how its ids become ours: a p
 map become background. In a .seg.nrrd, segments are matched to organs by terminology (type and
 modifier codes) or, failing that, by name (``organs.organ_from_name``). REF may lie on another
 grid: it is resampled onto PRED's by world position (nearest neighbour), here and only here (the
-metrics take two labelmaps on one grid).
+metrics take two labelmaps on one grid, and run on PRED's).
 
-Prints a table and writes, if asked, JSON ``{organ: {metric: value}}`` and CSV (one row per
-organ). Distances are in mm. A distance involving an organ found on one side only is infinite:
-written "inf" (a string in JSON); metrics of an organ found on neither side are not applicable:
-null in JSON, an empty cell in CSV. ``status`` says which case each organ is.
+Fields of view: the metrics count only the region both labelmaps cover (``analysis.metrics.
+compare_in_common_region``): PRED's organ labels where REF's field of view does not reach are
+not false positives, REF's organ labels beyond PRED's field of view are not misses. When organ
+labels on either side lie outside that region, a ``note:`` on stderr says how much, and the JSON
+gets, beside the organs, a ``"region"`` entry (the same sentence as ``"note"``, the region's
+share of PRED's field of view and its RAS box, the mL left out on each side per organ); the
+table and the CSV hold the organs only.
+
+Prints a table and writes, if asked, JSON ``{organ: {metric: value}}`` (plus ``"region"`` as
+above) and CSV (one row per organ). Distances are in mm. A distance involving an organ found on
+one side only is infinite: written "inf" (a string in JSON); metrics of an organ found on neither
+side are not applicable: null in JSON, an empty cell in CSV. ``status`` says which case each organ is.
 """
 
 from __future__ import annotations
@@ -22,13 +30,14 @@ import argparse
 import csv
 import json
 import os
+import sys
 from pathlib import Path
 
 from ..errors import AbdoSegError
 from ..io.atomic import atomic_path
 from ..io.image_files import read_image
 from ..io.labelmaps import PRESETS, parse_mapping, read_labels
-from ..io.regrid import labels_onto_grid
+from ..io.regrid import covered_voxels, labels_onto_grid
 
 COLUMNS = ("status", "dice", "nsd", "nsd_tolerance_mm", "hd", "hd95", "assd", "volume_pred_ml", "volume_ref_ml", "volume_diff_ml")
 """The CSV columns after ``organ``."""
@@ -52,8 +61,10 @@ def run_compare(args: argparse.Namespace) -> None:
     for path in outputs:
         _check_writable(path, args.force)
     from ..analysis.metrics import (  # builds the surfel table: only for compare
-        compare_labelmaps,
+        REGION,
+        compare_in_common_region,
         jsonable,
+        organ_volumes_outside,
     )
 
     if args.png is not None and args.ct is None:
@@ -62,9 +73,12 @@ def run_compare(args: argparse.Namespace) -> None:
     prediction = read_labels(args.prediction, None)
     reference = read_labels(args.reference, mapping)
     resampled = labels_onto_grid(reference, prediction)
-    if reference.array.any() and not resampled.array.any():
-        raise AbdoSegError(f"the organs of {args.reference} all lie outside the field of view of {args.prediction}; are they of the same scan?")
-    results = jsonable(compare_labelmaps(prediction, resampled))
+    reference_outside_ml = organ_volumes_outside(reference, covered_voxels(prediction, reference))
+    results = jsonable(compare_in_common_region(prediction, resampled, covered_voxels(reference, prediction), reference_outside_ml,
+                                                names=(str(args.prediction), str(args.reference))))
+    organs = {organ: metrics for organ, metrics in results.items() if organ != REGION}
+    if REGION in results:
+        print(f"note: {results[REGION]['note']}", file=sys.stderr)
     if args.json is not None:
         with atomic_path(args.json) as temporary:
             temporary.write_text(json.dumps(results, indent=2) + "\n")
@@ -72,7 +86,7 @@ def run_compare(args: argparse.Namespace) -> None:
         with atomic_path(args.csv) as temporary, open(temporary, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(("organ",) + COLUMNS)
-            for organ, metrics in results.items():
+            for organ, metrics in organs.items():
                 writer.writerow([organ] + ["" if metrics[key] is None else metrics[key] for key in COLUMNS])
     if args.png is not None:
         from ..surfaces.preview import (
@@ -80,7 +94,7 @@ def run_compare(args: argparse.Namespace) -> None:
         )
 
         render_preview(read_image(args.ct), prediction, args.png, reference=resampled)
-    print(format_table(results))  # after the files: a reader that stops early (| head) costs only the table
+    print(format_table(organs))  # after the files: a reader that stops early (| head) costs only the table
     for path in outputs:
         print(f"wrote {path}")
 
