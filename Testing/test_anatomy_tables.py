@@ -168,14 +168,36 @@ def test_painted_structures_of_s0328_lie_in_their_tissue_ranges(s0328, phase):
     assert np.all(hu[s0328.structures == OUTSIDE] < -950)
 
 
+NO_VARIATION = ["--distractor-probability", "0", "--lesion-probability", "0", "--organ-scaling-probability", "0"]
+
+
 def test_synth_writes_s0328_with_its_labels_untouched(s0328, tmp_path):
     labels = s0328.labels.copy()
-    assert train_main(["synth", str(DATA / "s0328_anatomy.nii.gz"), "-o", str(tmp_path), "--phase", "portal_venous"]) == 0
+    assert train_main(["synth", str(DATA / "s0328_anatomy.nii.gz"), "-o", str(tmp_path), "--phase", "portal_venous", *NO_VARIATION]) == 0
     folder = tmp_path / "s0328_synthetic_1"
     np.testing.assert_array_equal(read_image(folder / "label.nii.gz").array, labels)
     assert json.loads((folder / "case.json").read_text())["labelled"] == ["liver", "right_kidney", "left_kidney", "spleen"]
     ct = read_image(folder / "ct.nii.gz").array
     assert 60 < np.median(ct[labels == 1]) < 170  # portal-venous liver 90-140 HU, plus scanner effects
+
+
+def test_synth_draws_distractors_lesions_and_scaled_organs_as_training_does(s0328, tmp_path):
+    def synth(name: str, *options: str) -> tuple[np.ndarray, np.ndarray, dict]:
+        command = ["synth", str(DATA / "s0328_anatomy.nii.gz"), "-o", str(tmp_path / name), "--phase", "portal_venous", *options]
+        assert train_main(command) == 0
+        folder = tmp_path / name / "s0328_synthetic_1"
+        info = json.loads((folder / "case.json").read_text())["synthetic"]["variation"]
+        return read_image(folder / "ct.nii.gz").array, read_image(folder / "label.nii.gz").array, info
+
+    plain_ct, plain_labels, _ = synth("plain", *NO_VARIATION)
+    drawn_ct, drawn_labels, drawn = synth("drawn", "--distractor-probability", "1", "--lesion-probability", "1", "--organ-scaling-probability", "0")
+    assert drawn == {"distractor_probability": 1.0, "lesion_probability": 1.0, "organ_scaling_probability": 0.0}
+    np.testing.assert_array_equal(drawn_labels, plain_labels)  # distractors are background, lesions their organ
+    changed = np.abs(drawn_ct.astype(np.int32) - plain_ct) > 0
+    assert changed.mean() > 0.001  # same seed: the painting differs by what was drawn
+    _, scaled_labels, _ = synth("scaled", "--distractor-probability", "0", "--lesion-probability", "0", "--organ-scaling-probability", "1")
+    volumes = [np.count_nonzero(labels == organ) for labels in (plain_labels, scaled_labels) for organ in range(1, 5)]
+    assert sum(a != b for a, b in zip(volumes[:4], volumes[4:])) == 1  # one organ grown or shrunk, the others as they were
 
 
 def test_s0000_a_pelvis_has_every_organ_labelled_as_absent():

@@ -26,7 +26,7 @@ from .config import TrainConfig
 from .evaluation import evaluate, organ_table
 from .fit import export, fit
 from .synthetic import PHASES, choose_phase
-from .synthetic_cases import write_synthetic_case
+from .synthetic_cases import AnatomyVariation, write_synthetic_case
 
 
 def _triple(text: str) -> tuple[int, int, int]:
@@ -50,12 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="of a patch in which the scan ends (an axial plane or a reconstruction circle)")
     fit_parser.add_argument("--negative-fraction", type=float, default=defaults.negative_fraction,
                             help="share of patches centred far (> 60 mm) from every organ, from any case")
-    fit_parser.add_argument("--distractor-probability", type=float, default=defaults.distractor_probability,
-                            help="of a synthetic patch with cysts and masses (labelled background) beside its organs")
-    fit_parser.add_argument("--lesion-probability", type=float, default=defaults.lesion_probability,
-                            help="of a synthetic patch with lesions (labelled as the organ) inside its organs")
-    fit_parser.add_argument("--organ-scaling-probability", type=float, default=defaults.organ_scaling_probability,
-                            help="of a synthetic patch with one organ grown (liver, spleen up to 1.5x) or shrunk (kidneys to 0.6x)")
+    _add_variation_options(fit_parser, defaults, "synthetic patch")
     fit_parser.add_argument("--validate", type=Path, nargs="*", default=[], help="held-out case folders")
     fit_parser.add_argument("--map", dest="mapping", default=None,
                             help=f"label ids of the data -> AbdoSeg's: a preset ({', '.join(PRESETS)}) or 'theirs:ours,...'")
@@ -106,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth_parser.add_argument("--count", type=int, default=1, help="synthetic scans per anatomy map")
     synth_parser.add_argument("--spacing", type=float, default=defaults.spacing_mm[0], help="voxel size in mm (isotropic)")
     synth_parser.add_argument("--seed", type=int, default=0)
+    _add_variation_options(synth_parser, defaults, "synthetic scan")
     synth_parser.add_argument("--force", action="store_true", help="replace existing case folders")
     synth_parser.set_defaults(run=run_synth)
     return parser
@@ -178,6 +174,7 @@ def run_synth(args: argparse.Namespace) -> None:
     sources = [source for path in args.anatomy for source in discover_anatomy(path)]
     spec = Preprocessing((args.spacing,) * 3, TrainConfig().hu_window)
     rng = np.random.default_rng(args.seed)
+    variation = AnatomyVariation(args.distractor_probability, args.lesion_probability, args.organ_scaling_probability)
     try:
         args.output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -189,8 +186,18 @@ def run_synth(args: argparse.Namespace) -> None:
             for index in range(1, args.count + 1):
                 folder = args.output / f"{source.name}_synthetic_{index}"
                 phase = args.phase or choose_phase(rng)
-                write_synthetic_case(anatomy, folder, phase, rng, overwrite=args.force, keep=inputs)
+                write_synthetic_case(anatomy, folder, phase, rng, overwrite=args.force, keep=inputs, variation=variation)
                 print(f"wrote {folder} ({phase})")
+
+
+def _add_variation_options(parser: argparse.ArgumentParser, defaults: TrainConfig, unit: str) -> None:
+    """The probabilities of distractors, lesions and a scaled organ in each ``unit`` ("synthetic patch"/"synthetic scan")."""
+    parser.add_argument("--distractor-probability", type=float, default=defaults.distractor_probability,
+                        help=f"of a {unit} with cysts and masses (labelled background) beside its organs")
+    parser.add_argument("--lesion-probability", type=float, default=defaults.lesion_probability,
+                        help=f"of a {unit} with lesions (labelled as the organ) inside its organs")
+    parser.add_argument("--organ-scaling-probability", type=float, default=defaults.organ_scaling_probability,
+                        help=f"of a {unit} with one organ grown (liver, spleen up to 1.5x) or shrunk (kidneys to 0.6x)")
 
 
 def _check_spacing(spacing: float) -> None:
