@@ -1,5 +1,5 @@
 """Plausibility checks of a labelmap: organ volumes against typical adult ranges, organ extents against
-plausible adult sizes, the network's confidence, and laterality.
+plausible adult sizes, the network's confidence, laterality, and whether the image's header may be mirrored.
 
 Nothing here fails: a finding is a warning sentence for the user to look at. An organ in several distant
 pieces is not checked: the clean-up keeps one connected piece per organ.
@@ -60,7 +60,7 @@ BODY_HU = -500.0
 """CT voxels above this HU are the body (and the table) when the CT gives the midline."""
 
 
-def qa_report(labels: Image, ct: Image | None = None, measurements: dict[str, dict] | None = None) -> dict:
+def qa_report(labels: Image, ct: Image | None = None, measurements: dict[str, dict] | None = None, mirror: dict | None = None) -> dict:
     """Volumes, extents, confidence and laterality of a labelmap (integer organ ids, shape (I, J, K)).
 
     measurements: ``summary.organ_measurements(labels, ct)`` when the caller has it already:
@@ -79,11 +79,16 @@ def qa_report(labels: Image, ct: Image | None = None, measurements: dict[str, di
     midline instead: the x of the centroid of the CT's voxels above ``BODY_HU`` when ``ct`` is
     given (any grid), else the x of the centre of the labelmap's field of view.
 
+    mirror: the prediction's mirror check (``inference.mirror_check.MirrorCheck.summary()``) when the
+    caller has one; when its "header_may_be_mirrored" is true, the first warning says so. Laterality
+    alone cannot: with the header mirrored the network draws each organ at the side it expects it.
+
     Returns {"volumes": {organ: {"volume_ml", "typical_range_ml", "within", "touches_edge"}},
     "extents": {organ: {"extent_mm": [R-L, A-P, S-I] or None, "max_extent_mm", "within" (None
     when absent)}}, "low_confidence_below": LOW_CONFIDENCE, "laterality": {"midline_x_mm",
     "midline_from", "centroids_ras_mm": {organ: [x, y, z] or None}, "checks": [{"rule", "ok",
-    "x_mm"}], "ok": all checks pass (None without any check)}, "warnings": [sentences]}.
+    "x_mm"}], "ok": all checks pass (None without any check)}, "mirror_check": mirror (None without),
+    "warnings": [sentences]}.
     """
     boxes = bounding_boxes(labels.array)
     volumes, extents, centroids, warnings = {}, {}, {}, []
@@ -109,6 +114,8 @@ def qa_report(labels: Image, ct: Image | None = None, measurements: dict[str, di
     midline_x, midline_from = _midline_x(labels, ct)
     findings = _laterality_checks({name: c[0] for name, c in centroids.items() if c is not None}, midline_x)
     warnings += [warning for check, warning in findings if not check["ok"]]
+    if mirror is not None and mirror["header_may_be_mirrored"]:
+        warnings.insert(0, _mirror_warning(mirror["liver_confidence"]))
     checks = [check for check, _ in findings]
     return {
         "volumes": volumes,
@@ -121,6 +128,7 @@ def qa_report(labels: Image, ct: Image | None = None, measurements: dict[str, di
             "checks": checks,
             "ok": all(check["ok"] for check in checks) if checks else None,
         },
+        "mirror_check": mirror,
         "warnings": warnings,
     }
 
@@ -144,6 +152,14 @@ def _organ_warnings(title: str, volume: dict, extent: dict, measured: dict) -> l
     if confidence is not None and confidence < LOW_CONFIDENCE:
         warnings.append(f"The network's confidence in the {title} is {confidence:.3f}, below {LOW_CONFIDENCE:.2f}: check that it is the {title}.")
     return warnings
+
+
+def _mirror_warning(liver_confidence: dict) -> str:
+    """The warning of a mirror check whose liver is more confident mirrored ({"as_given", "mirrored"}: confidences or None)."""
+    as_given = "no liver drawn" if liver_confidence["as_given"] is None else f"{liver_confidence['as_given']:.3f}"
+    return (f"The image's header may be mirrored left-right: the network finds the liver with more confidence in the scan "
+            f"mirrored left-right ({liver_confidence['mirrored']:.3f}) than in the scan as given ({as_given}), so the labels "
+            "may lie on the wrong organs; check the image orientation before trusting left and right.")
 
 
 def _extent_check(name: str, box: tuple[slice, ...] | None, affine: np.ndarray) -> dict:

@@ -15,6 +15,7 @@ from ..model.bundle import ModelBundle
 from ..model.preprocessing import PAD_VALUE, hounsfield, preprocess
 from ..progress import NoProgress, Progress
 from .cleanup import clean_labels
+from .mirror_check import MirrorCheck, check_mirror, sides_learned
 from .presence import OrganPresence, decide_presence, outside_field
 from .sliding_window import sliding_window, window_starts
 from .upsampling import labels_on_input_grid
@@ -24,11 +25,13 @@ from .upsampling import labels_on_input_grid
 class Prediction:
     """labels: uint8 Image on the input grid (organs not found left out); device used;
     presence: {organ name: OrganPresence} for every organ of the table (``presence.py``: found or
-    not and why, confidence); timings_s: seconds per stage."""
+    not and why, confidence); mirror: whether the image's header may be mirrored left-right
+    (``mirror_check.py``); timings_s: seconds per stage."""
 
     labels: Image
     device: str
     presence: dict[str, OrganPresence]
+    mirror: MirrorCheck
     timings_s: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -50,9 +53,17 @@ def resolve_device(requested: str = "auto") -> torch.device:
     raise AbdoSegError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N.")
 
 
-def window_size(volume_shape: tuple[int, ...], max_patch: tuple[int, ...], divisor: int) -> tuple[int, ...]:
-    """Sliding-window size: the bundle's patch, shrunk to the volume rounded up to ``divisor``."""
-    return tuple(min(p, divisor * math.ceil(n / divisor)) for n, p in zip(volume_shape, max_patch))
+def window_size(volume_shape: tuple[int, ...], max_patch: tuple[int, ...], divisor: int, kernel_size: int = 3) -> tuple[int, ...]:
+    """Sliding-window size: the bundle's patch, shrunk to the volume rounded up to ``divisor``, but never
+    below ``divisor * kernel_size`` voxels (nor above the patch), the volume padded up to it.
+
+    The floor keeps a whole convolution kernel in the network's deepest stage (1/divisor of the window).
+    A thinner window, one deepest voxel for a volume of up to 48 mm along an axis (16 voxels of 3 mm), lost
+    most organs: a 39 mm coronal slab of the sample found only the left kidney; with 48 voxels it found
+    all four at Dice 0.95-0.96, as with the whole 160-voxel patch.
+    """
+    smallest = divisor * kernel_size
+    return tuple(min(p, max(smallest, divisor * math.ceil(n / divisor))) for n, p in zip(volume_shape, max_patch))
 
 
 def count_windows(volume_shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
@@ -98,7 +109,8 @@ def cleaned_labels(probabilities: torch.Tensor, volume: torch.Tensor, hu_window:
 def segment(image: Image, bundle: ModelBundle, device: str = "auto", progress: Progress = NoProgress()) -> Prediction:
     """Segment the organs of a CT Image with a bundle; labels land on the input's grid.
 
-    After clean-up, each organ is kept or reported not found on the model grid (``presence.py``).
+    After clean-up, each organ is kept or reported not found on the model grid (``presence.py``). When
+    the liver is not convincing, the network also runs on the scan mirrored left-right (``mirror_check.py``).
     """
     timings: dict[str, float] = {}
     torch_device = resolve_device(device)
@@ -110,15 +122,30 @@ def segment(image: Image, bundle: ModelBundle, device: str = "auto", progress: P
     timings["preprocess"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    roi = window_size(grid.shape, bundle.patch_size, network.config.divisor)
+    roi = window_size(grid.shape, bundle.patch_size, network.config.divisor, network.config.kernel_size)
     probabilities = infer_probabilities(network, volume, roi, bundle.overlap, torch_device, progress)
     timings["inference"] = time.perf_counter() - start
 
     start = time.perf_counter()
     progress("postprocess", 0.0, "cleaning up and returning to the input grid")
-    cleaned = cleaned_labels(probabilities, volume, bundle.preprocessing.hu_window)
     voxel_ml = abs(float(np.linalg.det(grid.affine[:3, :3]))) / 1000.0
-    kept, presence = decide_presence(probabilities, cleaned, voxel_ml, outside_field(image, grid))
+    outside = outside_field(image, grid)
+
+    def judge(probabilities: torch.Tensor) -> tuple[np.ndarray, dict[str, OrganPresence]]:
+        cleaned = cleaned_labels(probabilities, volume, bundle.preprocessing.hu_window)
+        return decide_presence(probabilities, cleaned, voxel_ml, outside)
+
+    kept, presence = judge(probabilities)
     labels = labels_on_input_grid(probabilities, kept, grid)
+    del probabilities  # before a mirrored pass makes its own
     timings["postprocess"] = time.perf_counter() - start
-    return Prediction(image.with_array(labels), str(torch_device), presence, timings)
+
+    def infer_mirrored(mirrored: torch.Tensor) -> torch.Tensor:
+        progress("postprocess", 0.5, "the liver is not convincing: checking the scan mirrored left-right")
+        return infer_probabilities(network, mirrored, roi, bundle.overlap, torch_device)
+
+    start = time.perf_counter()
+    mirror = check_mirror(presence, volume, infer_mirrored, lambda probabilities: judge(probabilities)[1], sides_learned(bundle.metadata))
+    if mirror.mirrored is not None:
+        timings["mirror_check"] = time.perf_counter() - start
+    return Prediction(image.with_array(labels), str(torch_device), presence, mirror, timings)

@@ -14,8 +14,8 @@ An organ is not found when
   any size: it is kept when confident enough. The edge is a face of the image or, where a scanner pads
   the corners of a circular field of view (``OUTSIDE_FIELD_HU``), the rim of that circle.
 
-Position is judged by the QA (laterality, ``analysis/qa.py``) rather than here: a scan whose header
-mirrors the patient would otherwise lose real organs.
+Position is judged by the QA (laterality, ``analysis/qa.py``) and the mirror check (``mirror_check.py``)
+rather than here: a scan whose header mirrors the patient would otherwise lose real organs.
 
 Measured with the default bundle (abdoseg-vnet-0.5) on scans with and without each organ: "in scan" is
 the reference volume in the scan (mL; - absent, ? present but not labelled), "drawn" what the network
