@@ -127,6 +127,21 @@ def test_evaluate_keeps_an_existing_json_unless_forced(tmp_path, tiny_bundle_pat
     assert "case" in json.dumps(json.loads(report.read_text()))
 
 
+def test_training_outputs_never_replace_an_input_even_with_force(tmp_path, tiny_bundle_path, capsys):
+    case = _tiny_case(tmp_path / "cases", "case", (slice(10, 90), slice(10, 90), slice(40, 90)), ["liver"])
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(tiny_bundle_path.read_bytes())
+    before = snapshot(tmp_path)
+    assert_refused(train_main(["evaluate", str(model), str(case), "--json", str(model), "--force", "--device", "cpu"]), capsys,
+                   "abdoseg-train", f"{model} is the input {model}", "elsewhere")
+    assert_refused(train_main(["evaluate", str(model), str(case), "--json", str(case / "ct.nii.gz"), "--force"]), capsys,
+                   "abdoseg-train", "is the input", "inside it")
+    assert_refused(train_main(["export", str(model), "-o", str(model), "--force"]), capsys, "abdoseg-train", "is the input", "elsewhere")
+    assert_refused(train_main(["fit", "--train", str(tmp_path / "cases"), "-o", str(tmp_path / "cases"), "--force"]), capsys,
+                   "abdoseg-train", "is the input", "elsewhere")
+    assert snapshot(tmp_path) == before
+
+
 @pytest.mark.parametrize("resume", [None, "other"])
 def test_fit_keeps_another_runs_checkpoint_and_log(tmp_path, capsys, resume):
     case = _tiny_case(tmp_path / "cases", "case", (slice(10, 90), slice(10, 90), slice(40, 90)), ["liver"])

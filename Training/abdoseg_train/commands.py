@@ -108,8 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_fit(args: argparse.Namespace) -> None:
-    if args.output.exists() and not args.force:
-        raise AbdoSegError(f"{args.output} already exists; choose another name or pass --force.")
+    _check_output(args.output, args.force, [args.init, *args.train, *args.validate, *args.synthetic])
     mapping = parse_mapping(args.mapping) if args.mapping else None
     train = [case for root in args.train for case in discover_cases(root, mapping)]
     validation = [case for root in args.validate for case in discover_cases(root, mapping)]
@@ -143,8 +142,8 @@ def run_fit(args: argparse.Namespace) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    if args.json and args.json.exists() and not args.force:
-        raise AbdoSegError(f"{args.json} already exists; choose another name or pass --force.")
+    if args.json:
+        _check_output(args.json, args.force, [args.model, *args.cases])
     bundle = load_bundle(args.model)
     mapping = parse_mapping(args.mapping) if args.mapping else None
     cases = [case for root in args.cases for case in discover_cases(root, mapping)]
@@ -156,8 +155,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    if args.output.exists() and not args.force:
-        raise AbdoSegError(f"{args.output} already exists; choose another name or pass --force.")
+    _check_output(args.output, args.force, [args.checkpoint])
     state = load_checkpoint(args.checkpoint)
     config = TrainConfig(**state["config"])
     network = VNet(config.network_config)
@@ -188,6 +186,17 @@ def run_synth(args: argparse.Namespace) -> None:
                 phase = args.phase or choose_phase(rng)
                 write_synthetic_case(anatomy, folder, phase, rng, overwrite=args.force, keep=inputs, variation=variation)
                 print(f"wrote {folder} ({phase})")
+
+
+def _check_output(output: Path, force: bool, inputs: list[Path | None]) -> None:
+    """Refuse an ``output`` file that is one of the ``inputs`` (or inside one), a folder, or that exists without ``force``."""
+    for given in inputs:
+        if given is not None and output.resolve().is_relative_to(Path(given).resolve()):
+            raise AbdoSegError(f"{output} is the input {given} or inside it; write the output elsewhere.")
+    if output.is_dir():
+        raise AbdoSegError(f"{output} is a folder; name a file to write.")
+    if output.exists() and not force:
+        raise AbdoSegError(f"{output} already exists; choose another name or pass --force.")
 
 
 def _add_variation_options(parser: argparse.ArgumentParser, defaults: TrainConfig, unit: str) -> None:
