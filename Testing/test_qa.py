@@ -215,3 +215,21 @@ def test_low_confidence_and_the_reason_an_organ_is_missing_are_warned(ts_labels)
         f"The network's confidence in the liver is 0.910, below {LOW_CONFIDENCE:.2f}: check that it is the liver.",
         f"No spleen was found: {reason}.",
     ]
+
+
+@pytest.mark.parametrize("kept", [slice(62, None), slice(None, 60), slice(None, 40)])
+def test_a_scan_of_one_side_of_the_body_judges_no_lone_organ_against_a_midline(kept):
+    """Sample CT cut through the trunk (x[62:] keeps the patient's right, x[:60] and x[:40] the left): the body's
+    centroid lies off its midline, so a lone kidney is not called flipped; pairs are still compared."""
+    ct, reference = read_image(SAMPLE_CT), read_image(SAMPLE_REFERENCE)
+    offset = np.eye(4)
+    offset[0, 3] = range(ct.shape[0])[kept][0]
+    cut_ct, cut_labels = (Image(np.ascontiguousarray(image.array[kept]), image.affine @ offset) for image in (ct, reference))
+    whole = qa_report(reference, ct)["laterality"]
+    cut = qa_report(cut_labels, cut_ct)
+    assert whole["midline_x_mm"] is not None and whole["ok"]
+    assert cut["laterality"]["midline_x_mm"] is None and cut["laterality"]["midline_from"].startswith("unknown: the scan cuts")
+    assert all("midline" not in check["rule"] for check in cut["laterality"]["checks"])
+    assert not [warning for warning in cut["warnings"] if "midline" in warning or "flipped" in warning]
+    present = {name for name, centroid in cut["laterality"]["centroids_ras_mm"].items() if centroid is not None}
+    assert ({"liver", "spleen"} <= present) == any("spleen" in check["rule"] for check in cut["laterality"]["checks"])
