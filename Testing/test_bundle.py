@@ -13,7 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from AbdoSegLib.errors import AbdoSegError
-from AbdoSegLib.model.bundle import FORMAT_VERSION, METADATA_KEY, load_bundle, read_metadata, save_bundle
+from AbdoSegLib.model.bundle import METADATA_KEY, load_bundle, read_metadata, save_bundle
+from AbdoSegLib.model.bundle_schema import SINGLE_STAGE_VERSION
 from AbdoSegLib.model.preprocessing import Preprocessing
 from AbdoSegLib.model.vnet import VNet, VNetConfig
 from AbdoSegLib.organs import label_table
@@ -58,7 +59,7 @@ def test_round_trip_keeps_weights_metadata_and_checksum(tmp_path):
     assert bundle.patch_size == (64, 48, 32)
     assert bundle.overlap == 0.5
     meta = bundle.metadata
-    assert meta["format_version"] == FORMAT_VERSION
+    assert meta["format_version"] == SINGLE_STAGE_VERSION
     assert meta["name"] == "unit-test" and meta["created"] == "2024-06-01T12:00:00Z"
     assert meta["architecture"] == {"name": "vnet", "config": network.config.to_dict()}
     assert meta["labels"] == label_table()
@@ -132,8 +133,8 @@ def test_safetensors_without_abdoseg_metadata_is_refused(tmp_path, tiny_bundle_p
 
 
 def test_other_format_version_is_refused(tmp_path, tiny_bundle_path):
-    path = _rewrite(tiny_bundle_path, tmp_path / "v2.safetensors", lambda m: m.update(format_version=2))
-    _assert_refused(path, "version 2")
+    path = _rewrite(tiny_bundle_path, tmp_path / "v3.safetensors", lambda m: m.update(format_version=3))
+    _assert_refused(path, "version 3")
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 range, and finite weights. A bundle outside it is refused by ``load_bundle``, ``abdoseg info`` and ``abdoseg segment``
 with one sentence naming the field and its value, exit code 1, and nothing of the user's touched.
 
-The file-level refusals (missing, truncated, not JSON, format version 2, label table, architecture name, weights of
+The file-level refusals (missing, truncated, not JSON, format version 3, label table, architecture name, weights of
 another shape) are in test_bundle.py.
 """
 

@@ -1,6 +1,7 @@
 """The ``abdoseg-train`` command line.
 
     abdoseg-train fit [--train CASES...] [--synthetic ANATOMY...] [--validate CASES...] -o MODEL.safetensors [--workdir RUN] [--resume RUN/checkpoint.pt]
+    abdoseg-train fit --stage fine --coarse MODEL.safetensors [--spacing 1.5] [--crop-margin MM] ... -o TWO_STAGE.safetensors
     abdoseg-train evaluate MODEL CASES... [--json OUT.json [--force]]
     abdoseg-train export RUN/checkpoint.pt -o MODEL.safetensors
     abdoseg-train synth ANATOMY... -o FOLDER [--phase arterial] [--count N]

@@ -15,7 +15,7 @@ from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.io.atomic import atomic_path, sigterm_as_interrupt
 from AbdoSegLib.io.labelmaps import PRESETS, parse_mapping
 from AbdoSegLib.model.bundle import load_bundle
-from AbdoSegLib.model.bundle_schema import CONFIG_RANGES, SPACING_RANGE_MM
+from AbdoSegLib.model.bundle_schema import CONFIG_RANGES, MAX_CROP_MARGIN_MM, SPACING_RANGE_MM
 from AbdoSegLib.model.preprocessing import Preprocessing
 from AbdoSegLib.model.vnet import VNet
 
@@ -27,6 +27,8 @@ from .evaluation import evaluate, organ_table
 from .fit import export, fit
 from .synthetic import PHASES, choose_phase
 from .synthetic_cases import AnatomyVariation, write_synthetic_case
+
+FINE_SPACING_MM = 1.5  # the second stage's default voxel size (issue 18)
 
 
 def _triple(text: str) -> tuple[int, int, int]:
@@ -61,7 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     fit_parser.add_argument("--patch", type=_triple, default=defaults.patch, help="training patch, e.g. 80 or 96,96,64")
     fit_parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="Adam learning rate")
     fit_parser.add_argument("--width", type=int, default=defaults.width, help="channels of the first V-Net stage")
-    fit_parser.add_argument("--spacing", type=float, default=defaults.spacing_mm[0], help="model voxel size in mm (isotropic)")
+    fit_parser.add_argument("--spacing", type=float, default=None,
+                            help=f"model voxel size in mm (isotropic; default {defaults.spacing_mm[0]:g}, {FINE_SPACING_MM:g} for --stage fine)")
+    fit_parser.add_argument("--stage", choices=("coarse", "fine"), default=defaults.stage,
+                            help="coarse: a single-stage model; fine: a second stage that refines each organ of --coarse in a crop around it")
+    fit_parser.add_argument("--coarse", type=Path, default=None,
+                            help="with --stage fine: the single-stage bundle to refine; the output holds both stages")
+    fit_parser.add_argument("--crop-margin", type=float, default=defaults.crop_margin_mm,
+                            help="with --stage fine: mm around the first stage's organ in the crop (drawn from 0.5x to 1.5x in training)")
+    fit_parser.add_argument("--localisation-error", type=float, default=defaults.localisation_error_mm,
+                            help="with --stage fine: SD in mm of the first stage's error at each face of an organ's box")
     fit_parser.add_argument("--validate-every", type=int, default=defaults.validate_every, help="epochs between validations")
     fit_parser.add_argument("--keep", choices=("best", "last"), default=defaults.keep,
                             help="export the epoch best on validation, or the last one (validated, not selected)")
@@ -108,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_fit(args: argparse.Namespace) -> None:
-    _check_output(args.output, args.force, [args.init, *args.train, *args.validate, *args.synthetic])
+    _check_output(args.output, args.force, [args.init, args.coarse, *args.train, *args.validate, *args.synthetic])
+    _check_stage(args)
     mapping = parse_mapping(args.mapping) if args.mapping else None
     train = [case for root in args.train for case in discover_cases(root, mapping)]
     validation = [case for root in args.validate for case in discover_cases(root, mapping)]
@@ -117,7 +129,8 @@ def run_fit(args: argparse.Namespace) -> None:
         raise AbdoSegError("no training cases were given (--train, or --synthetic anatomy maps).")
     if args.workers < 0:
         raise AbdoSegError(f"--workers must be 0 or more, not {args.workers}.")
-    _check_spacing(args.spacing)
+    spacing = args.spacing if args.spacing is not None else FINE_SPACING_MM if args.stage == "fine" else TrainConfig().spacing_mm[0]
+    _check_spacing(spacing)
     low, high = CONFIG_RANGES["width"]
     if not low <= args.width <= high:  # checked now, not when the bundle is written after the training
         raise AbdoSegError(f"--width must lie between {low} and {high}, not {args.width}.")
@@ -129,13 +142,14 @@ def run_fit(args: argparse.Namespace) -> None:
         if not 0 <= value <= 1:
             raise AbdoSegError(f"{name} must lie between 0 and 1, not {value}.")
     config = TrainConfig(
-        spacing_mm=(args.spacing,) * 3, width=args.width, patch=args.patch, batch_size=args.batch_size,
+        spacing_mm=(spacing,) * 3, width=args.width, patch=args.patch, batch_size=args.batch_size,
         epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, learning_rate=args.lr,
         validate_every=args.validate_every, seed=args.seed, device=args.device, name=args.name,
         synthetic_fraction=args.synthetic_fraction, flip_probability=args.flip_probability, keep=args.keep,
         workers=args.workers, field_of_view_probability=args.field_of_view_probability,
         negative_fraction=args.negative_fraction, distractor_probability=args.distractor_probability,
         lesion_probability=args.lesion_probability, organ_scaling_probability=args.organ_scaling_probability,
+        stage=args.stage, coarse_bundle=str(args.coarse or ""), crop_margin_mm=args.crop_margin, localisation_error_mm=args.localisation_error,
     )
     best = fit(train, validation, config, args.output, args.workdir, args.cache, args.resume, args.init, synthetic)
     print(json.dumps({"model": str(args.output), "validation": {k: v for k, v in best.items() if k != "per_case"}}, indent=2))
@@ -207,6 +221,16 @@ def _add_variation_options(parser: argparse.ArgumentParser, defaults: TrainConfi
                         help=f"of a {unit} with lesions (labelled as the organ) inside its organs")
     parser.add_argument("--organ-scaling-probability", type=float, default=defaults.organ_scaling_probability,
                         help=f"of a {unit} with one organ grown (liver, spleen up to 1.5x) or shrunk (kidneys to 0.6x)")
+
+
+def _check_stage(args: argparse.Namespace) -> None:
+    """--coarse goes with --stage fine (and only there), with a margin and an error the bundle and the crops can have."""
+    if (args.stage == "fine") != (args.coarse is not None):
+        raise AbdoSegError("--stage fine needs --coarse BUNDLE (the first stage), and --coarse goes only with --stage fine.")
+    if not 0 <= args.crop_margin <= MAX_CROP_MARGIN_MM:
+        raise AbdoSegError(f"--crop-margin must lie between 0 and {MAX_CROP_MARGIN_MM:g} mm, not {args.crop_margin:g}.")
+    if args.localisation_error < 0:
+        raise AbdoSegError(f"--localisation-error must be 0 or more, not {args.localisation_error:g}.")
 
 
 def _check_spacing(spacing: float) -> None:

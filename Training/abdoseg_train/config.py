@@ -48,6 +48,13 @@ class TrainConfig:
     validation_cases: list[str] = field(default_factory=list)
     synthetic_cases: list[str] = field(default_factory=list)  # anatomy maps painted into synthetic CT
     initialised_from: str = ""  # model id of the bundle a fine-tuning run started from
+    # The second stage (``stage`` "fine", ``fine_crops.py``): trained on crops around each organ at spacing_mm and
+    # exported with the first stage of ``coarse_bundle`` (path; ``coarse_model`` its model id) in one bundle.
+    stage: str = "coarse"
+    coarse_bundle: str = ""
+    coarse_model: str = ""
+    crop_margin_mm: float = 20.0  # around the first stage's organ at inference; drawn from 0.5x to 1.5x in training
+    localisation_error_mm: float = 5.0  # SD (mm) of the first stage's error at each face of an organ's box, about 2 of its 3 mm voxels
 
     @property
     def preprocessing(self) -> Preprocessing:

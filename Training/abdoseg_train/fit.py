@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.inference.predict import resolve_device
-from AbdoSegLib.model.bundle import load_bundle, save_bundle
+from AbdoSegLib.model.bundle import FineStage, ModelBundle, load_bundle, save_bundle
 from AbdoSegLib.model.vnet import VNet
 
 from . import distributed
@@ -51,12 +51,22 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     ``init``: a model bundle whose weights the network starts from (fine-tuning); it must have
     the same architecture and preprocessing.
 
+    ``config.stage`` "fine": the second stage, trained on crops around each organ (``fine_crops.py``)
+    with the HU window of the first stage, the single-stage bundle ``config.coarse_bundle``, and
+    exported with it as a two-stage bundle. Its validation runs the fine network alone over each
+    validation case.
+
     Under torchrun every process trains on its own patches (DistributedDataParallel); the
     first process validates, logs, checkpoints and exports. Returns the validation record of
     the exported network.
     """
     _require_training_extra()
     _check_workdir(workdir, resume)
+    if config.stage == "fine":
+        if init:
+            raise AbdoSegError("--init starts a first stage from a bundle's network; a second stage (--stage fine) starts afresh.")
+        coarse = _first_stage(config)
+        config.hu_window, config.coarse_model = coarse.preprocessing.hu_window, coarse.model_id
     run = distributed.setup(resolve_device(config.device))
     torch.manual_seed(config.seed + run.rank)
     config.train_cases = [case.name for case in train]
@@ -191,8 +201,30 @@ def _initial_weights(path: Path, config: TrainConfig) -> tuple[dict, str]:
 
 
 def export(network: VNet, config: TrainConfig, validation: dict, out: Path, log: list[dict], seconds: float, device: str) -> str:
-    """Write ``network`` as a model bundle with the run's provenance; returns its SHA-256."""
-    training = dict(asdict(config), seconds=round(seconds, 1), device=device, torch=torch.__version__, log=log)
-    return save_bundle(out, network.cpu(), config.preprocessing, config.inference_patch, config.name,
-                       datetime.date.today().isoformat(), training=json.loads(json.dumps(training)),
-                       validation=json.loads(json.dumps(validation)))
+    """Write ``network`` as a model bundle with the run's provenance; returns its SHA-256.
+
+    A second stage is written with its first stage (``config.coarse_bundle``, which must be the file it was
+    trained with), whose training and validation records stay at the top and gain a ``fine_stage`` entry.
+    """
+    training = json.loads(json.dumps(dict(asdict(config), seconds=round(seconds, 1), device=device, torch=torch.__version__, log=log)))
+    validation = json.loads(json.dumps(validation))
+    today = datetime.date.today().isoformat()
+    if config.stage != "fine":
+        return save_bundle(out, network.cpu(), config.preprocessing, config.inference_patch, config.name, today,
+                           training=training, validation=validation)
+    coarse = _first_stage(config)
+    if coarse.model_id != config.coarse_model:
+        raise AbdoSegError(f"{config.coarse_bundle} is now {coarse.model_id}, not the first stage {config.coarse_model} that this "
+                           "second stage was trained with; restore that file to export.")
+    fine = FineStage(network.cpu(), tuple(config.spacing_mm), config.crop_margin_mm, tuple(config.inference_patch))
+    return save_bundle(out, coarse.network, coarse.preprocessing, coarse.patch_size, config.name, today, overlap=coarse.overlap,
+                       training=dict(coarse.metadata.get("training", {}), fine_stage=training),
+                       validation=dict(coarse.metadata.get("validation", {}), fine_stage=validation), fine=fine)
+
+
+def _first_stage(config: TrainConfig) -> ModelBundle:
+    """The single-stage bundle that a second stage is trained for."""
+    coarse = load_bundle(config.coarse_bundle)
+    if coarse.fine is not None:
+        raise AbdoSegError(f"{config.coarse_bundle} already has a second stage; give the single-stage bundle it was made from.")
+    return coarse

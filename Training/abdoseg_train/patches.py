@@ -19,6 +19,7 @@ from .anatomy import AnatomyCase
 from .augment import Augmenter
 from .config import TrainConfig
 from .draw import draw_case
+from .fine_crops import organ_crop
 from .losses import class_mask
 from .prepared import PreparedCase
 
@@ -50,11 +51,17 @@ class PatchBatches(IterableDataset):
                             lesion_probability=self.config.lesion_probability,
                             organ_scaling_probability=self.config.organ_scaling_probability)
         while True:
-            samples = [augment(*draw_case(self.real, self.synthetic, self.config.synthetic_fraction, rng,
-                                             self.config.negative_fraction))
-                       for _ in range(self.config.batch_size)]
+            samples = [augment(*self._draw(rng)) for _ in range(self.config.batch_size)]
             yield (torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples]),
                    class_mask([s[2] for s in samples]))
+
+
+    def _draw(self, rng: np.random.Generator) -> tuple[PreparedCase | AnatomyCase, int | None]:
+        """A case and the organ to centre on; for the second stage the case is cut to a crop around the organ."""
+        case, organ = draw_case(self.real, self.synthetic, self.config.synthetic_fraction, rng, self.config.negative_fraction)
+        if self.config.stage == "fine":
+            case = organ_crop(case, organ, self.config.crop_margin_mm, self.config.localisation_error_mm, rng)
+        return case, organ
 
 
 def epoch_batches(real: list[PreparedCase], synthetic: list[AnatomyCase], config: TrainConfig, rank: int, epoch: int,

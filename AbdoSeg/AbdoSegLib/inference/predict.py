@@ -15,10 +15,11 @@ from ..model.bundle import ModelBundle
 from ..model.preprocessing import PAD_VALUE, hounsfield, preprocess
 from ..progress import NoProgress, Progress
 from .cleanup import clean_labels
+from .fine_stage import refine
 from .mirror_check import MirrorCheck, check_mirror, sides_learned
 from .presence import OrganPresence, decide_presence, outside_field
 from .sliding_window import sliding_window, window_starts
-from .upsampling import labels_on_input_grid
+from .upsampling import canonical_labels
 
 
 @dataclass
@@ -78,13 +79,15 @@ def infer_probabilities(
     overlap: float,
     device: torch.device,
     progress: Progress = NoProgress(),
+    batch_size: int = 1,
 ) -> torch.Tensor:
-    """Softmax probabilities (C, X, Y, Z) float32 on the CPU for a volume (X, Y, Z).
+    """Softmax probabilities (C, X, Y, Z) float32 on the CPU for a volume (X, Y, Z) or (K, X, Y, Z) (K channels).
 
     Gaussian-weighted sliding window; windows run on ``device`` (fp16 autocast on CUDA only),
-    the blended result is gathered on the CPU so that memory stays bounded on the GPU.
+    ``batch_size`` at a time; the blended result is gathered on the CPU so that memory stays bounded
+    on the GPU.
     """
-    total = count_windows(tuple(volume.shape), roi, overlap)
+    total = count_windows(tuple(volume.shape[-3:]), roi, overlap)
     done = 0
 
     def run(window: torch.Tensor) -> torch.Tensor:
@@ -96,7 +99,7 @@ def infer_probabilities(
         return logits.float()
 
     with torch.inference_mode():
-        logits = sliding_window(volume, roi, overlap, run, PAD_VALUE)
+        logits = sliding_window(volume, roi, overlap, run, PAD_VALUE, batch_size)
         return torch.softmax(logits, dim=0)
 
 
@@ -109,8 +112,9 @@ def cleaned_labels(probabilities: torch.Tensor, volume: torch.Tensor, hu_window:
 def segment(image: Image, bundle: ModelBundle, device: str = "auto", progress: Progress = NoProgress()) -> Prediction:
     """Segment the organs of a CT Image with a bundle; labels land on the input's grid.
 
-    After clean-up, each organ is kept or reported not found on the model grid (``presence.py``). When
-    the liver is not convincing, the network also runs on the scan mirrored left-right (``mirror_check.py``).
+    After clean-up, each organ is kept or reported not found on the model grid (``presence.py``). A
+    two-stage bundle then refines each organ found in a crop around it (``fine_stage.py``). When the
+    liver is not convincing, the network also runs on the scan mirrored left-right (``mirror_check.py``).
     """
     timings: dict[str, float] = {}
     torch_device = resolve_device(device)
@@ -136,9 +140,26 @@ def segment(image: Image, bundle: ModelBundle, device: str = "auto", progress: P
         return decide_presence(probabilities, cleaned, voxel_ml, outside)
 
     kept, presence = judge(probabilities)
-    labels = labels_on_input_grid(probabilities, kept, grid)
-    del probabilities  # before a mirrored pass makes its own
+    labels, score, boxes = canonical_labels(probabilities, kept, grid)
     timings["postprocess"] = time.perf_counter() - start
+
+    if bundle.fine:
+        start = time.perf_counter()
+        fine_network = bundle.fine.network.to(torch_device)
+
+        def infer_fine(fine_volume: torch.Tensor) -> torch.Tensor:
+            fine_roi = window_size(tuple(fine_volume.shape[1:]), bundle.fine.patch_size, fine_network.config.divisor, fine_network.config.kernel_size)
+            # On a GPU all windows of a crop (a few: the crop is about one organ) run as one batch.
+            batch = count_windows(tuple(fine_volume.shape[1:]), fine_roi, bundle.fine.overlap) if torch_device.type == "cuda" else 1
+            return infer_probabilities(fine_network, fine_volume, fine_roi, bundle.fine.overlap, torch_device, batch_size=batch)
+
+        refine(image, labels, score, boxes, presence, (probabilities, grid), bundle.fine, bundle.preprocessing.hu_window, infer_fine, progress)
+        timings["fine"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    del probabilities, score  # before a mirrored pass makes its own
+    labels = grid.to_input_orientation(labels)
+    timings["postprocess"] += time.perf_counter() - start
 
     def infer_mirrored(mirrored: torch.Tensor) -> torch.Tensor:
         progress("postprocess", 0.5, "the liver is not convincing: checking the scan mirrored left-right")

@@ -51,27 +51,34 @@ def sliding_window(
     overlap: float,
     predictor: Callable[[torch.Tensor], torch.Tensor],
     pad_value: float,
+    batch_size: int = 1,
 ) -> torch.Tensor:
     """Blend ``predictor`` over windows of ``volume``.
 
-    volume: (X, Y, Z) float32 on the CPU; predictor maps (1, 1, *roi) to (1, C, *roi) float32
-    (on any device). A volume smaller than ``roi`` along an axis is padded there with
-    ``pad_value``, half before and half after. Returns (C, X, Y, Z) float32 on the CPU.
+    volume: (X, Y, Z) or (K, X, Y, Z) (K input channels) float32 on the CPU; predictor maps (B, K, *roi)
+    to (B, C, *roi) float32 (on any device), B up to ``batch_size`` windows at a time. A volume smaller
+    than ``roi`` along an axis is padded there with ``pad_value``, half before and half after. Returns
+    (C, X, Y, Z) float32 on the CPU.
     """
-    shape = tuple(volume.shape)
+    if volume.dim() == 3:
+        volume = volume[None]
+    shape = tuple(volume.shape[1:])
     padding = [max(r - n, 0) for n, r in zip(shape, roi)]
     before = [p // 2 for p in padding]
     if any(padding):
         pairs = [(b, p - b) for b, p in zip(before, padding)]
         volume = F.pad(volume, [v for pair in reversed(pairs) for v in pair], value=pad_value)
     weights = gaussian_weights(roi)
-    total, norm = None, torch.zeros(volume.shape)
-    for window in windows(tuple(volume.shape), roi, overlap):
-        output = predictor(volume[window][None, None])[0].to("cpu", torch.float32)
+    total, norm = None, torch.zeros(volume.shape[1:])
+    placed = list(windows(tuple(volume.shape[1:]), roi, overlap))
+    for first in range(0, len(placed), batch_size):
+        batch = placed[first : first + batch_size]
+        outputs = predictor(torch.stack([volume[(slice(None), *window)] for window in batch])).to("cpu", torch.float32)
         if total is None:
-            total = torch.zeros((output.shape[0], *volume.shape))
-        total[(slice(None), *window)] += output * weights
-        norm[window] += weights
+            total = torch.zeros((outputs.shape[1], *volume.shape[1:]))
+        for window, output in zip(batch, outputs):
+            total[(slice(None), *window)] += output * weights
+            norm[window] += weights
     total /= norm
     crop = tuple(slice(b, b + n) for b, n in zip(before, shape))
     return total[(slice(None), *crop)]

@@ -17,6 +17,7 @@ from ..model.preprocessing import ModelGrid
 from ..organs import ORGANS
 
 MARGIN = 0.02  # keeps a cleaned voxel above, and a removed one below, the threshold 0
+Box = tuple[slice, slice, slice]
 
 
 def labels_on_input_grid(probabilities: torch.Tensor, cleaned: np.ndarray, grid: ModelGrid) -> np.ndarray:
@@ -26,29 +27,50 @@ def labels_on_input_grid(probabilities: torch.Tensor, cleaned: np.ndarray, grid:
     cleaned argmax labels on the model grid. Returns uint8 labels on the input grid (its shape
     and voxel order).
     """
+    labels, _, _ = canonical_labels(probabilities, cleaned, grid)
+    return grid.to_input_orientation(labels)
+
+
+def canonical_labels(probabilities: torch.Tensor, cleaned: np.ndarray, grid: ModelGrid) -> tuple[np.ndarray, np.ndarray, dict[int, Box]]:
+    """``labels_on_input_grid`` in canonical voxel order (grid.canonical_shape), with what a second stage needs:
+    (uint8 labels, float16 margin of the organ labelled at each voxel (0 on background), {organ label: the box
+    of input voxels (slices) outside which that organ is never placed}) for the organs drawn."""
     labels = np.zeros(grid.canonical_shape, dtype=np.uint8)
-    score = np.zeros(grid.canonical_shape, dtype=np.float16)  # margin of the organ labelled at each voxel
+    score = np.zeros(grid.canonical_shape, dtype=np.float16)
+    boxes = {}
     for organ in ORGANS:
         mask = cleaned == organ.label
-        if not mask.any():
-            continue
-        low, high = _box(mask)
-        crop = tuple(slice(a, b + 1) for a, b in zip(low, high))
-        inside = torch.from_numpy(mask[crop])
-        value = _margin(probabilities[(slice(None), *crop)], organ.label)
-        value = torch.where(inside, value.clamp(min=MARGIN), value.clamp(max=-MARGIN))
-        target = []
-        for axis in range(3):
-            first, last = _input_range(grid, axis, low[axis], high[axis])
-            coordinates = grid.model_coordinates(axis, np.arange(first, last + 1)) - low[axis]
-            value = _lerp_axis(value, axis, coordinates)
-            target.append(slice(first, last + 1))
-        target = tuple(target)
-        value = value.numpy()
-        hit = value > score[target]  # > 0, and above any organ already placed there
-        score[target][hit] = value[hit]
-        labels[target][hit] = organ.label
-    return grid.to_input_orientation(labels)
+        if mask.any():
+            boxes[organ.label], value = organ_margin(probabilities, mask, organ.label, grid)
+            place(labels, score, boxes[organ.label], value, organ.label)
+    return labels, score, boxes
+
+
+def organ_margin(probabilities: torch.Tensor, mask: np.ndarray, label: int, grid: ModelGrid) -> tuple[Box, np.ndarray]:
+    """One organ's margin p_organ - max(p_other) on the input voxels of its box (``_box``, on ``grid.canonical_shape``).
+
+    probabilities: (C, X, Y, Z) on ``grid``; mask: (X, Y, Z) bool, the organ after clean-up (decides the sign at
+    each model voxel). Returns (box as slices of canonical input indices, float32 margins of the box's shape).
+    """
+    low, high = _box(mask)
+    crop = tuple(slice(a, b + 1) for a, b in zip(low, high))
+    inside = torch.from_numpy(mask[crop])
+    value = _margin(probabilities[(slice(None), *crop)], label)
+    value = torch.where(inside, value.clamp(min=MARGIN), value.clamp(max=-MARGIN))
+    target = []
+    for axis in range(3):
+        first, last = _input_range(grid, axis, low[axis], high[axis])
+        coordinates = grid.model_coordinates(axis, np.arange(first, last + 1)) - low[axis]
+        value = lerp_axis(value, axis, coordinates)
+        target.append(slice(first, last + 1))
+    return tuple(target), value.numpy()
+
+
+def place(labels: np.ndarray, score: np.ndarray, box: Box, value: np.ndarray, label: int) -> None:
+    """Label ``label`` where its margin ``value`` (over ``box``) is > 0 and above the ``score`` of what is there (in place)."""
+    hit = value > score[box]
+    score[box][hit] = value[hit]
+    labels[box][hit] = label
 
 
 def _margin(probabilities: torch.Tensor, label: int) -> torch.Tensor:
@@ -78,7 +100,7 @@ def _input_range(grid: ModelGrid, axis: int, low: int, high: int) -> tuple[int, 
     return min(max(first, 0), size - 1), min(max(last, 0), size - 1)
 
 
-def _lerp_axis(values: torch.Tensor, axis: int, coordinates: np.ndarray) -> torch.Tensor:
+def lerp_axis(values: torch.Tensor, axis: int, coordinates: np.ndarray) -> torch.Tensor:
     """Linear interpolation of ``values`` along ``axis`` at continuous indices (clamped)."""
     coordinates = np.clip(coordinates, 0, values.shape[axis] - 1)
     below = np.floor(coordinates).astype(np.int64)

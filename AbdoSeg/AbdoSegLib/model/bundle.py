@@ -5,7 +5,11 @@ safetensors loads without pickle, so a bundle cannot run code. The metadata (hea
 
     format_version, name, created, architecture {name, config}, preprocessing
     {spacing_mm, hu_window}, inference {patch_size, overlap}, labels [{label, name}],
-    training {...}, validation {...}
+    training {...}, validation {...}, and in a two-stage bundle (format version 2)
+    fine {architecture, spacing_mm, crop_margin_mm, patch_size, overlap, organs, coarse_channel}
+
+The first stage's weights are stored under the network's own names (as in a version 1 bundle),
+the second stage's under the same names prefixed with ``fine.``.
 
 A bundle that is not a safetensors file, lacks the metadata, breaks the metadata's schema
 (``bundle_schema``: every field's type and range, the format version, the label table) or has
@@ -24,23 +28,54 @@ from safetensors.torch import save_file
 
 from ..errors import AbdoSegError
 from ..io.atomic import atomic_path
-from ..organs import label_table
+from ..organs import ORGANS, label_table
 from ..resources import DEFAULT_BUNDLE
-from .bundle_schema import FORMAT_VERSION, check_metadata, check_weights
+from .bundle_schema import SINGLE_STAGE_VERSION, TWO_STAGE_VERSION, check_metadata, check_weights
 from .preprocessing import Preprocessing
 from .vnet import VNet, VNetConfig
 
 METADATA_KEY = "abdoseg"
+FINE_PREFIX = "fine."
+
+
+@dataclass
+class FineStage:
+    """The second stage of a bundle: a V-Net that refines each organ in a crop around the first stage's organ.
+
+    spacing_mm: its voxel size along R, A, S (mm); crop_margin_mm: added around the first stage's organ on
+    each side; patch_size, overlap: its sliding window; organs: names of the organs it refines;
+    coarse_channel: whether its input has a second channel, the first stage's probability of the organ.
+    """
+
+    network: VNet
+    spacing_mm: tuple[float, float, float]
+    crop_margin_mm: float
+    patch_size: tuple[int, int, int]
+    overlap: float = 0.25
+    organs: tuple[str, ...] = tuple(organ.name for organ in ORGANS)
+    coarse_channel: bool = False
+
+    def to_dict(self) -> dict:
+        return {"architecture": {"name": "vnet", "config": self.network.config.to_dict()}, "spacing_mm": list(self.spacing_mm),
+                "crop_margin_mm": self.crop_margin_mm, "patch_size": list(self.patch_size), "overlap": self.overlap,
+                "organs": list(self.organs), "coarse_channel": self.coarse_channel}
+
+    @classmethod
+    def from_dict(cls, network: VNet, data: dict) -> FineStage:
+        return cls(network, tuple(float(v) for v in data["spacing_mm"]), float(data["crop_margin_mm"]),
+                   tuple(int(n) for n in data["patch_size"]), float(data["overlap"]), tuple(data["organs"]), bool(data["coarse_channel"]))
 
 
 @dataclass
 class ModelBundle:
-    """A loaded bundle: the network (eval mode, on the CPU), its metadata and file checksum."""
+    """A loaded bundle: the network (eval mode, on the CPU), its metadata and file checksum; ``fine``:
+    the second stage (its network in eval mode on the CPU), None in a single-stage bundle."""
 
     network: VNet
     metadata: dict
     sha256: str
     path: Path
+    fine: FineStage | None = None
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -70,13 +105,17 @@ def save_bundle(
     overlap: float = 0.25,
     training: dict | None = None,
     validation: dict | None = None,
+    fine: FineStage | None = None,
 ) -> str:
-    """Write a bundle atomically; returns its SHA-256 (hex). Metadata outside ``bundle_schema`` is refused (AbdoSegError)."""
-    divisor = network.config.divisor
-    if any(n % divisor for n in patch_size):
-        raise ValueError(f"patch size {patch_size} must be divisible by {divisor}")
+    """Write a bundle atomically; returns its SHA-256 (hex). Metadata outside ``bundle_schema`` is refused (AbdoSegError).
+
+    Without ``fine`` the bundle has format version 1 (one stage), with it version 2.
+    """
+    for window, divisor in [(patch_size, network.config.divisor)] + ([(fine.patch_size, fine.network.config.divisor)] if fine else []):
+        if any(n % divisor for n in window):
+            raise ValueError(f"patch size {window} must be divisible by {divisor}")
     metadata = {
-        "format_version": FORMAT_VERSION,
+        "format_version": TWO_STAGE_VERSION if fine else SINGLE_STAGE_VERSION,
         "name": name,
         "created": created,
         "architecture": {"name": "vnet", "config": network.config.to_dict()},
@@ -86,8 +125,12 @@ def save_bundle(
         "training": training or {},
         "validation": validation or {},
     }
+    if fine:
+        metadata["fine"] = fine.to_dict()
     check_metadata(json.loads(json.dumps(metadata)), path)  # as a reader will see it: tuples are lists
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in network.state_dict().items()}
+    if fine:
+        tensors.update({FINE_PREFIX + key: value.detach().to("cpu").contiguous() for key, value in fine.network.state_dict().items()})
     with atomic_path(path) as temporary:
         save_file(tensors, str(temporary), metadata={METADATA_KEY: json.dumps(metadata)})
     return file_sha256(path)
@@ -114,20 +157,27 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def load_bundle(path: str | Path = DEFAULT_BUNDLE) -> ModelBundle:
-    """Load and check a bundle (metadata and finite weights); the network is returned in eval mode on the CPU."""
+    """Load and check a bundle (metadata and finite weights); the networks are returned in eval mode on the CPU."""
     path = Path(path)
     metadata = read_metadata(path)
     try:
-        config = VNetConfig.from_dict(metadata["architecture"]["config"])
-        network = VNet(config)
         with safe_open(str(path), framework="pt") as handle:
             state = {key: handle.get_tensor(key) for key in handle.keys()}
-        network.load_state_dict(state, strict=True)
+        fine_state = {key[len(FINE_PREFIX):]: state.pop(key) for key in list(state) if key.startswith(FINE_PREFIX)} if "fine" in metadata else {}
+        network = _network(metadata["architecture"], state)
+        fine = FineStage.from_dict(_network(metadata["fine"]["architecture"], fine_state), metadata["fine"]) if "fine" in metadata else None
     except (SafetensorError, RuntimeError, TypeError, ValueError, KeyError) as error:
         raise AbdoSegError(f"{path} has weights that do not fit its architecture ({_short(error)}).") from None
     check_weights(state, path)
-    network.eval()
-    return ModelBundle(network, metadata, file_sha256(path), path)
+    check_weights({FINE_PREFIX + key: value for key, value in fine_state.items()}, path)
+    return ModelBundle(network, metadata, file_sha256(path), path, fine)
+
+
+def _network(architecture: dict, state: dict) -> VNet:
+    """The V-Net of an ``architecture`` section with the weights of ``state`` (all of them: strict), in eval mode."""
+    network = VNet(VNetConfig.from_dict(architecture["config"]))
+    network.load_state_dict(state, strict=True)
+    return network.eval()
 
 
 def file_sha256(path: str | Path) -> str:
