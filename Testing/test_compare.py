@@ -19,7 +19,8 @@ from AbdoSegLib.analysis.metrics import compare_labelmaps, jsonable
 from AbdoSegLib.cli import main
 from AbdoSegLib.commands.compare import COLUMNS, PRESETS
 from AbdoSegLib.image import Image
-from AbdoSegLib.io.image_files import LPS_TO_RAS, read_image, write_image
+from AbdoSegLib.io.image_files import read_image, write_image
+from AbdoSegLib.io.itk_grid import LPS_TO_RAS
 from AbdoSegLib.io.seg_nrrd import write_segmentation
 from AbdoSegLib.organs import ORGAN_NAMES, ORGANS, organ_by_name
 from AbdoSegLib.resources import SAMPLE_REFERENCE

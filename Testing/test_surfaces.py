@@ -291,12 +291,13 @@ def test_cli_export_reads_a_slicer_segmentation(tmp_path, reference):
 
 def test_cli_export_refuses_an_existing_folder_unless_forced(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    assert main(["export", str(SAMPLE_REFERENCE), "-o", str(out), "--format", "obj"]) == 0
     assert_refused(run_cli("export", str(SAMPLE_REFERENCE), "-o", str(out)), str(out), "--force")
-    assert (out / "keep.txt").read_text() == "mine"
-    assert main(["export", str(SAMPLE_REFERENCE), "-o", str(out), "--force"]) == 0
+    assert main(["export", str(SAMPLE_REFERENCE), "-o", str(out), "--force"]) == 0  # a folder export wrote: replaced
     assert sorted(path.name for path in out.iterdir()) == sorted(f"{organ.name}_LPS.stl" for organ in ORGANS)
+    (out / "keep.txt").write_text("mine")
+    assert_refused(run_cli("export", str(SAMPLE_REFERENCE), "-o", str(out), "--force"), str(out), "keep.txt")
+    assert (out / "keep.txt").read_text() == "mine"
 
 
 def _segmentation_without_organs(tmp_path: Path, reference: Image) -> Path:

@@ -24,9 +24,8 @@ from ..errors import AbdoSegError
 from ..image import Image
 from .atomic import atomic_path
 from .dicom_series import read_series_headers
+from .itk_grid import LPS_TO_RAS, itk_affine, to_itk
 from .nifti_header import corner_shift_mm, nifti_geometry
-
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 READABLE = ".nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd or a DICOM series folder"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -72,20 +71,6 @@ def write_image(image: Image, path: str | Path, compress: bool = True) -> None:
     itk_image = to_itk(image)
     with atomic_path(path) as temporary:
         sitk.WriteImage(itk_image, str(temporary), useCompression=compress, compressionLevel=1)
-
-
-def to_itk(image: Image, pixel_type: int | None = None) -> sitk.Image:
-    """A SimpleITK image with the Image's geometry: its array, or zeros of ``pixel_type``."""
-    if pixel_type is None:
-        itk_image = sitk.GetImageFromArray(np.ascontiguousarray(image.array.transpose(2, 1, 0)))
-    else:
-        itk_image = sitk.Image([int(n) for n in image.shape], pixel_type)
-    affine_lps = LPS_TO_RAS @ image.affine
-    spacing = np.linalg.norm(affine_lps[:3, :3], axis=0)
-    itk_image.SetSpacing(spacing.tolist())
-    itk_image.SetDirection((affine_lps[:3, :3] / spacing).flatten().tolist())
-    itk_image.SetOrigin(affine_lps[:3, 3].tolist())
-    return itk_image
 
 
 def _read_dicom_series(folder: Path, notes: list[str]) -> Image:
@@ -138,10 +123,10 @@ def _read_nifti(path: Path, notes: list[str]) -> Image:
     _check_voxel_type(path, nifti.get_data_dtype())
     _check_affine(path, nifti.affine)
     try:
-        itk_affine = _itk_affine(_header(path))
+        itk_grid_affine = itk_affine(_header(path))
     except RuntimeError as error:
         raise AbdoSegError(f"{path} has a NIfTI header that ITK, and so 3D Slicer, cannot read ({first_line(error)}).") from None
-    affine = nifti_geometry(path, nifti, itk_affine, notes)
+    affine = nifti_geometry(path, nifti, itk_grid_affine, notes)
     array = np.asarray(nifti.dataobj.get_unscaled()).reshape(shape)
     slope, inter = nifti.dataobj.slope, nifti.dataobj.inter
     if (slope, inter) != (1.0, 0.0):
@@ -191,21 +176,12 @@ def _to_image(itk_image: sitk.Image, path: Path) -> Image:
     if itk_image.GetNumberOfComponentsPerPixel() != 1:
         raise AbdoSegError(f"{path} has {itk_image.GetNumberOfComponentsPerPixel()} values per voxel; a scalar 3D image is needed.")
     _check_3d(path, itk_image.GetDimension(), itk_image.GetSize())
-    affine = _itk_affine(itk_image)
+    affine = itk_affine(itk_image)
     _check_affine(path, affine)
     array = sitk.GetArrayViewFromImage(itk_image).transpose(2, 1, 0)
     _check_voxel_type(path, array.dtype)
     # The view keeps the SimpleITK buffer alive only while itk_image lives: copy out of it.
     return Image(np.array(array, copy=True), affine)
-
-
-def _itk_affine(itk: sitk.Image | sitk.ImageFileReader) -> np.ndarray:
-    """The (4, 4) RAS voxel-to-world transform of the first three axes of an ITK image or header."""
-    dimension = len(itk.GetSpacing())
-    affine_lps = np.eye(4)
-    affine_lps[:3, :3] = np.array(itk.GetDirection()).reshape(dimension, dimension)[:3, :3] * np.array(itk.GetSpacing()[:3])
-    affine_lps[:3, 3] = itk.GetOrigin()[:3]
-    return LPS_TO_RAS @ affine_lps
 
 
 def _grid(affine: np.ndarray, shape: tuple[int, ...]) -> str:

@@ -19,7 +19,8 @@ from slicerio.segmentation import segments_from_terminology
 from ..errors import AbdoSegError
 from ..image import Image
 from ..organs import BACKGROUND, NUM_CLASSES, ORGANS, Organ, organ_by_name, organ_from_name
-from .image_files import LPS_TO_RAS, first_line, read_image
+from .image_files import first_line, read_image
+from .itk_grid import LPS_TO_RAS
 
 SEGMENTATION_SUFFIX = ".seg.nrrd"
 

@@ -9,7 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..image import Image
-from .image_files import to_itk
+from .itk_grid import to_itk
 
 # Voxel centres this close (in voxels) to the edge of a field of view are left to SimpleITK to judge.
 _EDGE_VOXELS = 1e-3

@@ -10,7 +10,7 @@ import slicerio
 from ..image import Image
 from ..organs import ORGANS
 from .atomic import atomic_path
-from .image_files import LPS_TO_RAS
+from .itk_grid import LPS_TO_RAS
 
 
 def write_segmentation(labels: Image, path: str | Path) -> None:

@@ -36,7 +36,7 @@ from vtkmodules.vtkFiltersGeneral import vtkDiscreteFlyingEdges3D
 
 from ..errors import AbdoSegError
 from ..image import Image, bounding_boxes
-from ..io.image_files import LPS_TO_RAS
+from ..io.itk_grid import LPS_TO_RAS
 from ..organs import ORGANS, Organ
 from .mesh_files import write_meshes
 from .options import COORDINATES, DECIMATION_FACTOR, DEFAULT_COORDINATES, FORMATS, SMOOTHING_FACTOR
