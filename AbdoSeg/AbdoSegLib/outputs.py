@@ -5,6 +5,7 @@ Standard library only: the Slicer module imports it in Slicer's GUI process, whe
 
 LABELS_FILE = "labels.nii.gz"
 SEGMENTATION_FILE = "segmentation.seg.nrrd"
+DICOM_SEG_FILE = "segmentation.dcm"
 SUMMARY_FILE = "summary.json"
 PREVIEW_FILE = "preview.png"
 SURFACES_FOLDER = "surfaces"

@@ -7,6 +7,7 @@ once. The folder's files are named in ``outputs``; ``summary.json`` is the recor
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,11 @@ from .analysis.qa import qa_report
 from .analysis.summary import organ_measurements
 from .inference.predict import segment
 from .io.atomic import atomic_directory, atomic_path
+from .io.dicom_seg import dicom_seg_sources, write_dicom_seg
 from .io.image_files import read_image, write_image
 from .io.seg_nrrd import write_segmentation
 from .model.bundle import ModelBundle
-from .outputs import DONE, LABELS_FILE, PICTURE, PREVIEW_FILE, READ, SEGMENTATION_FILE, SUMMARY_FILE, SURFACES, SURFACES_FOLDER, WRITE
+from .outputs import DICOM_SEG_FILE, DONE, LABELS_FILE, PICTURE, PREVIEW_FILE, READ, SEGMENTATION_FILE, SUMMARY_FILE, SURFACES, SURFACES_FOLDER, WRITE
 from .progress import Progress
 from .surfaces.options import DEFAULT_COORDINATES
 
@@ -30,7 +32,8 @@ class CaseOptions:
     """What to write besides the labels and the summary, and where to compute.
 
     ``surfaces`` is a surface format (``surfaces.options.FORMATS``) or None; ``coordinates`` and ``merge``
-    as in ``abdoseg export``; ``force`` replaces a previous output folder of ``segment`` (never other files).
+    as in ``abdoseg export``; ``force`` replaces a previous output folder of ``segment`` (never other files);
+    ``dicom_seg`` writes a DICOM SEG of the organs found, for a DICOM series input (``io.dicom_seg``).
     """
 
     device: str = "auto"
@@ -40,6 +43,7 @@ class CaseOptions:
     png: bool = False
     seg_nrrd: bool = True
     force: bool = False
+    dicom_seg: bool = False
 
 
 def segment_case(ct_path: Path, output: Path, bundle: ModelBundle, options: CaseOptions, progress: Progress) -> dict:
@@ -49,10 +53,14 @@ def segment_case(ct_path: Path, output: Path, bundle: ModelBundle, options: Case
     sentence for an input the engine cannot use or an output it may not replace.
     """
     timings: dict[str, float] = {}
+    dicom_sources = dicom_seg_sources(ct_path) if options.dicom_seg else None  # refused before any work
     with atomic_directory(output, options.force, foreign=not_a_result, keep=[ct_path]) as staging:
         start = time.perf_counter()
         progress(READ, 0.0, f"reading {ct_path}")
-        ct = read_image(ct_path)
+        assumptions: list[str] = []  # what the reader chose or assumed: said on stderr and kept in the summary
+        ct = read_image(ct_path, assumptions)
+        for sentence in assumptions:
+            print(f"note: {sentence}", file=sys.stderr)
         check_ct(ct, str(ct_path))
         timings["read"] = time.perf_counter() - start
 
@@ -64,10 +72,14 @@ def segment_case(ct_path: Path, output: Path, bundle: ModelBundle, options: Case
         write_image(prediction.labels, staging / LABELS_FILE)
         if options.seg_nrrd:
             write_segmentation(prediction.labels, staging / SEGMENTATION_FILE)
+        if dicom_sources and prediction.labels.array.any():
+            write_dicom_seg(prediction.labels, dicom_sources, staging / DICOM_SEG_FILE, bundle.model_id)
+        elif dicom_sources:
+            print(f"note: no organ found in {ct_path}, so no {DICOM_SEG_FILE}: a DICOM SEG needs at least one segment.", file=sys.stderr)
         organs = organ_measurements(prediction.labels, ct)
         for name, decision in prediction.presence.items():
             organs[name].update(decision.summary())
-        qa = qa_report(prediction.labels, ct, organs)
+        qa = qa_report(prediction.labels, ct, organs, prediction.mirror.summary())
         timings["write"] = time.perf_counter() - start
         if options.surfaces and prediction.labels.array.any():  # no organ found: no surface, and the QA says why
             from .surfaces.meshes import export_surfaces  # VTK loads only when surfaces are asked for
@@ -88,6 +100,7 @@ def segment_case(ct_path: Path, output: Path, bundle: ModelBundle, options: Case
         summary = {
             "input": str(ct_path),
             "grid": {"shape": list(ct.shape), "spacing_mm": [round(float(s), 4) for s in ct.spacing]},
+            "assumptions": assumptions,
             "organs": organs,
             "qa": qa,
             "device": prediction.device,
@@ -104,7 +117,7 @@ def segment_case(ct_path: Path, output: Path, bundle: ModelBundle, options: Case
 def not_a_result(folder: Path) -> str | None:
     """Why ``folder`` is not an output folder of ``segment`` (a phrase), or None when it is: only the files
     ``segment`` writes, among them a summary with AbdoSeg's version."""
-    ours = {LABELS_FILE, SEGMENTATION_FILE, SUMMARY_FILE, PREVIEW_FILE, SURFACES_FOLDER}
+    ours = {LABELS_FILE, SEGMENTATION_FILE, DICOM_SEG_FILE, SUMMARY_FILE, PREVIEW_FILE, SURFACES_FOLDER}
     others = sorted(entry.name for entry in folder.iterdir() if entry.name not in ours)
     if others:
         return f"holds files that abdoseg segment does not write ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
