@@ -26,6 +26,7 @@ from AbdoSegLib.io.image_files import read_image
 from AbdoSegLib.outputs import SUMMARY_FILE
 from AbdoSegLib.resources import SAMPLE_CT
 from conftest import TEST_DATA
+from test_no_traceback import patched_header
 
 SERIES = TEST_DATA / "ts_dicom" / "dicom"
 SOURCE_FILES = sorted(SERIES.iterdir())  # file name order is slice order here: instance 267..286, S -766.5 .. -804.5 mm
@@ -281,14 +282,6 @@ def write_nifti(path: Path, qform: np.ndarray | None, qform_code: int, sform: np
     return path
 
 
-def patched(path: Path, offset: int, value: np.generic) -> Path:
-    """``path`` (an uncompressed .nii) with ``value`` written at byte ``offset`` of its header."""
-    data = bytearray(path.read_bytes())
-    data[offset:offset + value.nbytes] = value.tobytes()
-    path.write_bytes(bytes(data))
-    return path
-
-
 PIXDIM = 76  # byte offset of pixdim[0] in a NIfTI-1 header; pixdim[i] is 4 i bytes further
 SAMPLE_AFFINE = nib.load(SAMPLE_CT).affine
 MOVED = SAMPLE_AFFINE.copy()  # the same grid 5 mm to the left
@@ -309,7 +302,7 @@ def test_a_nifti_without_orientation_is_refused(tmp_path, nifti_folder, capsys, 
 
 @pytest.mark.parametrize("axis, value, shown", [(3, 0.0, "3 x 3 x 0 mm"), (1, -3.0, "-3 x 3 x 3 mm")])
 def test_a_nifti_voxel_size_of_zero_or_below_is_refused(tmp_path, nifti_folder, capsys, tiny_bundle_path, axis, value, shown):
-    path = patched(write_nifti(nifti_folder / "ct.nii", SAMPLE_AFFINE, 1, None, 0), PIXDIM + 4 * axis, np.float32(value))
+    path = patched_header(write_nifti(nifti_folder / "ct.nii", SAMPLE_AFFINE, 1, None, 0), PIXDIM + 4 * axis, np.float32(value))
     refused(tmp_path, path, tiny_bundle_path, capsys, str(path), f"voxel size of {shown}", "geometry is ambiguous")
 
 
@@ -324,9 +317,9 @@ def test_a_nifti_voxel_size_of_zero_or_below_is_refused(tmp_path, nifti_folder, 
 )
 def test_a_nifti_that_nibabel_and_itk_place_differently_is_refused(tmp_path, nifti_folder, capsys, tiny_bundle_path, case, phrases):
     if case == "pixdim_not_the_sform":
-        path = patched(write_nifti(nifti_folder / "ct.nii", None, 0, SAMPLE_AFFINE, 1), PIXDIM + 4, np.float32(1.0))
+        path = patched_header(write_nifti(nifti_folder / "ct.nii", None, 0, SAMPLE_AFFINE, 1), PIXDIM + 4, np.float32(1.0))
         for axis in (2, 3):
-            patched(path, PIXDIM + 4 * axis, np.float32(1.0))
+            patched_header(path, PIXDIM + 4 * axis, np.float32(1.0))
     else:
         path = write_nifti(nifti_folder / "ct.nii", SAMPLE_AFFINE, 1, MOVED, 2)
     refused(tmp_path, path, tiny_bundle_path, capsys, str(path), "is placed differently by nibabel", "by ITK, the reader of 3D Slicer", *phrases)

@@ -177,7 +177,7 @@ def _save(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
     return path
 
 
-def _patched(path: Path, offset: int, value: np.generic) -> Path:
+def patched_header(path: Path, offset: int, value: np.generic) -> Path:
     """``path`` (an uncompressed .nii) with ``value`` written at byte ``offset`` of its header."""
     data = bytearray(path.read_bytes())
     data[offset:offset + value.nbytes] = value.tobytes()
@@ -191,18 +191,18 @@ SPACING = np.diag([1.5, 1.5, 3.0, 1.0])
 def _bad_input(case: str, folder: Path) -> Path:
     if case == "bool":  # NIfTI datatype 1 (DT_BINARY) with 1 bit per voxel
         path = _save(folder / "ct.nii", _ct().astype(np.uint8), SPACING)
-        _patched(path, 70, np.int16(1))
-        return _patched(path, 72, np.int16(1))
+        patched_header(path, 70, np.int16(1))
+        return patched_header(path, 72, np.int16(1))
     if case == "complex":
         return _save(folder / "ct.nii.gz", _ct().astype(np.complex64), SPACING)
     if case == "singular":
         return _save(folder / "ct.nii.gz", _ct(), np.diag([1.5, 0.0, 3.0, 1.0]))
     if case == "nan_affine":
-        return _patched(_save(folder / "ct.nii", _ct(), SPACING), 280, np.float32(np.nan))  # srow_x[0]
+        return patched_header(_save(folder / "ct.nii", _ct(), SPACING), 280, np.float32(np.nan))  # srow_x[0]
     if case == "huge_header":  # 32767^3 voxels claimed, 8 present
         path = _save(folder / "ct.nii", _ct((2, 2, 2)), SPACING)
         for axis in range(3):
-            _patched(path, 42 + 2 * axis, np.int16(32767))  # dim[1..3]
+            patched_header(path, 42 + 2 * axis, np.int16(32767))  # dim[1..3]
         return path
     if case == "huge_nrrd":
         path = folder / "ct.nhdr"

@@ -250,7 +250,7 @@ def test_synth_force_replaces_only_a_case_synth_wrote(tmp_path, capsys, case):
     else:
         (folder / "ct.nii.gz").write_bytes(b"a real CT")
         (folder / "case.json").write_text(json.dumps({"labelled": ["liver"]}))
-        phrase = "has no case.json of a synthetic case"
+        phrase = "has no case.json written by abdoseg-train synth"
     before = snapshot(tmp_path)
     code = train_main(["synth", str(anatomy), "-o", str(tmp_path), "--force"])
     assert_refused(code, capsys, "abdoseg-train", f"{folder} {phrase}", "choose another output folder")

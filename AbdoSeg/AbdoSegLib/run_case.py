@@ -17,7 +17,7 @@ from .analysis.ctcheck import check_ct
 from .analysis.qa import qa_report
 from .analysis.summary import organ_measurements
 from .inference.predict import segment
-from .io.atomic import atomic_directory, atomic_path
+from .io.atomic import atomic_directory, atomic_path, foreign_entries, lacks_record
 from .io.dicom_seg import dicom_seg_sources, write_dicom_seg
 from .io.image_files import read_image, write_image
 from .io.seg_nrrd import write_segmentation
@@ -118,13 +118,5 @@ def not_a_result(folder: Path) -> str | None:
     """Why ``folder`` is not an output folder of ``segment`` (a phrase), or None when it is: only the files
     ``segment`` writes, among them a summary with AbdoSeg's version."""
     ours = {LABELS_FILE, SEGMENTATION_FILE, DICOM_SEG_FILE, SUMMARY_FILE, PREVIEW_FILE, SURFACES_FOLDER}
-    others = sorted(entry.name for entry in folder.iterdir() if entry.name not in ours)
-    if others:
-        return f"holds files that abdoseg segment does not write ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
-    try:
-        summary = json.loads((folder / SUMMARY_FILE).read_text())
-    except (OSError, ValueError):
-        summary = None
-    if not isinstance(summary, dict) or "abdoseg_version" not in summary:
-        return f"has no {SUMMARY_FILE} written by abdoseg segment"
-    return None
+    return foreign_entries(folder, lambda entry: entry.name in ours, "abdoseg segment") or \
+        lacks_record(folder / SUMMARY_FILE, "abdoseg_version", "abdoseg segment")

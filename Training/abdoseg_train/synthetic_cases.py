@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from AbdoSegLib.image import Image
-from AbdoSegLib.io.atomic import atomic_directory
+from AbdoSegLib.io.atomic import atomic_directory, foreign_entries, lacks_record
 from AbdoSegLib.io.image_files import write_image
 from AbdoSegLib.organs import ORGANS
 
@@ -56,13 +56,5 @@ def write_synthetic_case(anatomy: AnatomyCase, folder: Path, phase: str, rng: np
 def not_a_synthetic_case(folder: Path) -> str | None:
     """Why ``folder`` is not a case folder of ``write_synthetic_case`` (a phrase), or None when it is: only its
     files, among them a case.json that names the synthetic source."""
-    others = sorted(entry.name for entry in folder.iterdir() if entry.name not in CASE_FILES)
-    if others:
-        return f"holds files that abdoseg-train synth does not write ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
-    try:
-        info = json.loads((folder / INFO_FILE).read_text())
-    except (OSError, ValueError):
-        info = None
-    if not isinstance(info, dict) or "synthetic" not in info:
-        return f"has no {INFO_FILE} of a synthetic case written by abdoseg-train synth"
-    return None
+    return foreign_entries(folder, lambda entry: entry.name in CASE_FILES, "abdoseg-train synth") or \
+        lacks_record(folder / INFO_FILE, "synthetic", "abdoseg-train synth")

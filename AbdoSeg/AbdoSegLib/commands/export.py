@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..io.atomic import atomic_directory, sigterm_as_interrupt
+from ..io.atomic import atomic_directory, foreign_entries, sigterm_as_interrupt
 from ..io.labelmaps import read_labels
 from ..organs import ORGANS
 from ..surfaces.options import COORDINATES, DECIMATION_FACTOR, DEFAULT_COORDINATES, FORMATS, SMOOTHING_FACTOR
@@ -63,10 +63,6 @@ def not_surfaces(folder: Path) -> str | None:
 
     names = {f"{name}_{space.upper()}.{suffix}" for name in [organ.name for organ in ORGANS] + [MERGED_NAME]
              for space in COORDINATES for suffix in (*FORMATS, "mtl")}
-    entries = sorted(entry.name for entry in folder.iterdir())
-    others = [name for name in entries if name not in names or not (folder / name).is_file()]
-    if others:
-        return f"holds files that abdoseg export does not write ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
-    if not entries:
+    if not any(folder.iterdir()):
         return "is empty"
-    return None
+    return foreign_entries(folder, lambda entry: entry.name in names and entry.is_file(), "abdoseg export")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import re
 import shutil
@@ -143,6 +144,26 @@ def _check_replaceable(path: Path, shown: Path, foreign: Callable[[Path], str | 
             reason = f"cannot be read ({error.strerror})"
     if reason:
         raise AbdoSegError(f"{shown} {reason}; --force replaces only an output folder that AbdoSeg wrote, so choose another output folder.")
+
+
+def foreign_entries(folder: Path, is_ours: Callable[[Path], bool], program: str) -> str | None:
+    """A phrase naming the entries of ``folder`` that ``program`` does not write (the first three), or None when
+    ``is_ours`` accepts every entry: for the ``foreign`` test of ``atomic_directory``."""
+    others = sorted(entry.name for entry in folder.iterdir() if not is_ours(entry))
+    if not others:
+        return None
+    return f"holds files that {program} does not write ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
+
+
+def lacks_record(record: Path, key: str, program: str) -> str | None:
+    """A phrase when ``record`` is not a JSON object with ``key`` (the mark of a folder ``program`` wrote), else None."""
+    try:
+        content = json.loads(record.read_text())
+    except (OSError, ValueError):
+        content = None
+    if not isinstance(content, dict) or key not in content:
+        return f"has no {record.name} written by {program}"
+    return None
 
 
 @contextlib.contextmanager
