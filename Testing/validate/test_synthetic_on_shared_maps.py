@@ -122,7 +122,8 @@ def test_synthetic_patches_keep_labels_aligned_and_kidneys_on_their_side_under_f
 
 def test_synth_command_writes_case_folders_whose_labels_are_the_anatomy_s(anatomy_dir, tmp_path):
     out = tmp_path / "synthetic"
-    assert train_main(["synth", str(anatomy_dir / f"{FULL_ANATOMY}_anatomy.nii.gz"), "-o", str(out), "--phase", "arterial", "--count", "2"]) == 0
+    assert train_main(["synth", str(anatomy_dir / f"{FULL_ANATOMY}_anatomy.nii.gz"), "-o", str(out), "--phase", "arterial", "--count", "2",
+                       "--distractor-probability", "0", "--lesion-probability", "0", "--organ-scaling-probability", "0"]) == 0
     folders = sorted(out.iterdir())
     assert [f.name for f in folders] == [f"{FULL_ANATOMY}_synthetic_1", f"{FULL_ANATOMY}_synthetic_2"]
     target = read_image(anatomy_dir / f"{FULL_ANATOMY}_anatomy.nii.gz")
@@ -135,7 +136,8 @@ def test_synth_command_writes_case_folders_whose_labels_are_the_anatomy_s(anatom
         labels, ct = read_image(folder / "label.nii.gz"), read_image(folder / "ct.nii.gz")
         np.testing.assert_array_equal(labels.array, expected)  # painting never touches the labels
         np.testing.assert_allclose(ct.affine, labels.affine)
-        assert json.loads((folder / "case.json").read_text())["synthetic"] == {"anatomy": FULL_ANATOMY, "phase": "arterial"}
+        assert json.loads((folder / "case.json").read_text())["synthetic"] == {"anatomy": FULL_ANATOMY, "phase": "arterial", "variation": {
+            "distractor_probability": 0.0, "lesion_probability": 0.0, "organ_scaling_probability": 0.0}}
         assert 40 < np.median(ct.array[labels.array == 1]) < 140  # arterial liver 60-100 HU, plus scanner effects
         cts.append(ct.array)
     assert not np.array_equal(*cts)  # two draws, two scans
