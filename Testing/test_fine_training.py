@@ -108,3 +108,17 @@ def test_fine_stage_options_are_checked_before_any_work(tmp_path, capsys, argume
     assert code == 1
     assert phrase in capsys.readouterr().err
     assert [path.name for path in tmp_path.iterdir()] == ["maps"]
+
+
+@pytest.mark.parametrize("stage, expected", [([], TrainConfig().negative_fraction), (["--stage", "fine", "--coarse", str(DEFAULT_BUNDLE)], 0.0)])
+def test_negative_patches_are_drawn_for_the_first_stage_only_unless_asked(tmp_path, monkeypatch, stage, expected):
+    """A crop of the second stage always holds an organ, so by default it trains on none far from every organ."""
+    from abdoseg_train import commands
+
+    cases = tmp_path / "cases"
+    _tiny_case(cases, "case", (slice(20, 100), slice(10, 90), slice(50, 100)), ["liver"])
+    configs = []
+    monkeypatch.setattr(commands, "fit", lambda train, validation, config, *rest: configs.append(config) or {})
+    assert train_main(["fit", "--train", str(cases), "-o", str(tmp_path / "model.safetensors"), *stage]) == 0
+    assert train_main(["fit", "--train", str(cases), "-o", str(tmp_path / "other.safetensors"), "--negative-fraction", "0.3", *stage]) == 0
+    assert [config.negative_fraction for config in configs] == [expected, 0.3]

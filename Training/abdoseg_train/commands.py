@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="of a left-right mirror with kidney labels swapped")
     fit_parser.add_argument("--field-of-view-probability", type=float, default=defaults.field_of_view_probability,
                             help="of a patch in which the scan ends (an axial plane or a reconstruction circle)")
-    fit_parser.add_argument("--negative-fraction", type=float, default=defaults.negative_fraction,
-                            help="share of patches centred far (> 60 mm) from every organ, from any case")
+    fit_parser.add_argument("--negative-fraction", type=float, default=None,
+                            help=f"share of patches centred far (> 60 mm) from every organ, from any case (default {defaults.negative_fraction:g}; "
+                                 f"0 with --stage fine, whose crops at inference always hold an organ)")
     _add_variation_options(fit_parser, defaults, "synthetic patch")
     fit_parser.add_argument("--validate", type=Path, nargs="*", default=[], help="held-out case folders")
     fit_parser.add_argument("--map", dest="mapping", default=None,
@@ -130,6 +131,8 @@ def run_fit(args: argparse.Namespace) -> None:
     if args.workers < 0:
         raise AbdoSegError(f"--workers must be 0 or more, not {args.workers}.")
     spacing = args.spacing if args.spacing is not None else FINE_SPACING_MM if args.stage == "fine" else TrainConfig().spacing_mm[0]
+    if args.negative_fraction is None:
+        args.negative_fraction = 0.0 if args.stage == "fine" else TrainConfig().negative_fraction
     _check_spacing(spacing)
     low, high = CONFIG_RANGES["width"]
     if not low <= args.width <= high:  # checked now, not when the bundle is written after the training
