@@ -246,3 +246,19 @@ def test_bad_image_is_one_sentence_and_nothing_is_written(tmp_path, capsys, tiny
     refused(main(["segment", str(ct), "-o", str(out), "--model", str(tiny_bundle_path)]), capsys, str(ct), *phrases)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
+
+
+def test_a_truncated_metaimage_is_one_line_even_on_the_native_stderr(tmp_path, capfd, tiny_bundle_path):
+    """MetaIO prints "data not read completely" on the process's stderr (C++), past Python: it must not reach the user."""
+    import SimpleITK as sitk
+
+    whole = tmp_path / "whole.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(_ct()), str(whole), useCompression=False)
+    data = whole.read_bytes()
+    cut = tmp_path / "ct.mha"
+    cut.write_bytes(data[: len(data) - 4000])
+    before = sorted((path.name, path.read_bytes()) for path in tmp_path.iterdir())
+    assert main(["segment", str(cut), "-o", str(tmp_path / "out"), "--model", str(tiny_bundle_path)]) == 1
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("abdoseg: error: ") and str(cut) in lines[0] and "truncated" in lines[0], lines
+    assert sorted((path.name, path.read_bytes()) for path in tmp_path.iterdir()) == before

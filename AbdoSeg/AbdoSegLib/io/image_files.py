@@ -11,9 +11,13 @@ refused, by ``dicom_series``, and NIfTI headers that ITK warns about are compare
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
+import sys
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -80,7 +84,8 @@ def _read_dicom_series(folder: Path, notes: list[str]) -> Image:
         raise AbdoSegError(f"{folder} is a folder without a DICOM series (readable: {READABLE}).")
     _check_size(folder, series.shape)
     try:  # the series reader would make a multi-frame file 4D
-        itk_image = sitk.ReadImage(str(series.files[0])) if len(series.files) == 1 else sitk.ReadImage([str(f) for f in series.files])
+        with _native_messages_dropped():
+            itk_image = sitk.ReadImage(str(series.files[0])) if len(series.files) == 1 else sitk.ReadImage([str(f) for f in series.files])
     except RuntimeError:
         for file in series.files:  # GDCM's message does not name the file it could not read
             try:
@@ -99,18 +104,37 @@ def _read_dicom_series(folder: Path, notes: list[str]) -> Image:
     return image
 
 
+@contextlib.contextmanager
+def _native_messages_dropped() -> Iterator[None]:
+    """Point the process's stderr (file descriptor 2) at the null device while ITK's readers run: MetaIO prints
+    lines of its own ("data not read completely") outside ITK's warning switch, before the error that AbdoSeg turns
+    into its one sentence."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _header(path: str | Path) -> sitk.ImageFileReader:
     """A reader of ``path`` that has read the header only (size, pixel type, geometry)."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
-    reader.ReadImageInformation()
+    with _native_messages_dropped():
+        reader.ReadImageInformation()
     return reader
 
 
 def _read_itk_file(path: Path) -> sitk.Image:
     reader = _header(path)
     _check_size(path, reader.GetSize())
-    return reader.Execute()
+    with _native_messages_dropped():
+        return reader.Execute()
 
 
 def _read_nifti(path: Path, notes: list[str]) -> Image:
