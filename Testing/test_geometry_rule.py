@@ -347,3 +347,31 @@ def test_the_reader_refuses_with_one_sentence_without_the_command_line(tmp_path)
     with pytest.raises(AbdoSegError, match="no orientation") as caught:
         read_image(path)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("header, phrase", [
+    ({}, "voxel size or orientation (its header has no 'space directions')"),
+    ({"spacings": [1.5, 1.5, 3.0]}, "orientation (its header has spacings but no 'space directions')"),
+], ids=["nothing", "spacings_only"])
+def test_an_nrrd_without_its_geometry_is_refused(tmp_path, capsys, header, phrase):
+    import nrrd
+
+    array = np.full((40, 40, 20), -1000, np.int16)
+    array[10:30, 10:30, 5:15] = 40
+    path = tmp_path / "ct.nrrd"
+    nrrd.write(str(path), array, header)
+    before = snapshot(tmp_path)
+    assert main(["segment", str(path), "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("abdoseg: error: ") and phrase in err and "which ITK, and so 3D Slicer, would invent" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_a_metaimage_without_spacing_or_orientation_is_refused_and_one_with_them_is_read(tmp_path, capsys):
+    (tmp_path / "ct.raw").write_bytes(np.full((20, 40, 40), 40, np.int16).tobytes())
+    bare = "ObjectType = Image\nNDims = 3\nDimSize = 40 40 20\nElementType = MET_SHORT\nElementDataFile = ct.raw\n"
+    (tmp_path / "bare.mhd").write_text(bare)
+    with pytest.raises(AbdoSegError, match=r"no ElementSpacing\) or orientation \(no TransformMatrix\)"):
+        read_image(tmp_path / "bare.mhd")
+    (tmp_path / "full.mhd").write_text(bare.replace("ElementType", "ElementSpacing = 1.5 1.5 3\nTransformMatrix = 1 0 0 0 1 0 0 0 1\nElementType"))
+    np.testing.assert_allclose(read_image(tmp_path / "full.mhd").spacing, [1.5, 1.5, 3.0])

@@ -27,6 +27,7 @@ import SimpleITK as sitk
 from ..errors import AbdoSegError
 from ..image import Image
 from .atomic import atomic_path
+from .declared_geometry import check_declared_geometry
 from .dicom_series import read_series_headers
 from .itk_grid import LPS_TO_RAS, itk_affine, to_itk
 from .nifti_header import corner_shift_mm, nifti_geometry
@@ -133,6 +134,7 @@ def _header(path: str | Path) -> sitk.ImageFileReader:
 def _read_itk_file(path: Path) -> sitk.Image:
     reader = _header(path)
     _check_size(path, reader.GetSize())
+    check_declared_geometry(path)
     with _native_messages_dropped():
         return reader.Execute()
 
