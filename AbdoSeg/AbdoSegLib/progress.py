@@ -16,23 +16,28 @@ Progress = Callable[[str, float, str], None]
 """progress(stage, fraction 0..1, message)"""
 
 
-class JsonProgress:
-    """Prints {"stage", "fraction", "message"} as one JSON line per update (flushed).
-
-    If the reader goes away (a closed pipe), reporting stops; the work goes on.
-    """
+class JsonLines:
+    """Writes one JSON object per line to ``stream``, flushed; if the reader goes away (a closed pipe),
+    writing stops and the work goes on."""
 
     def __init__(self, stream: TextIO = sys.stdout):
         self.stream: TextIO | None = stream
 
-    def __call__(self, stage: str, fraction: float, message: str) -> None:
+    def write(self, record: dict) -> None:
         if self.stream is None:
             return
         try:
-            self.stream.write(json.dumps({"stage": stage, "fraction": round(fraction, 4), "message": message}) + "\n")
+            self.stream.write(json.dumps(record) + "\n")
             self.stream.flush()
         except (BrokenPipeError, ValueError):
             self.stream = None
+
+
+class JsonProgress(JsonLines):
+    """Prints {"stage", "fraction", "message"} as one JSON line per update (``JsonLines``)."""
+
+    def __call__(self, stage: str, fraction: float, message: str) -> None:
+        self.write({"stage": stage, "fraction": round(fraction, 4), "message": message})
 
     def close(self) -> None:
         """Nothing to release (a line is complete when written)."""

@@ -8,12 +8,12 @@ time left; failures and skipped series are also told as ``note:`` lines on stder
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
+from ..progress import JsonLines
 from .inputs import Case
 from .table import DONE, FAILED, SKIPPED, Row
 
@@ -25,7 +25,7 @@ class CohortEvents:
         self.mode = mode
         self.counts = {DONE: 0, FAILED: 0, SKIPPED: 0}
         self.total = total
-        self.stream = sys.stdout if mode == "json" else None
+        self.lines = JsonLines(sys.stdout) if mode == "json" else None
         self.bar = None
         if mode == "bar" and to_run:
             self.bar = tqdm(total=to_run, unit="case", file=sys.stderr, dynamic_ncols=True,
@@ -74,11 +74,7 @@ class CohortEvents:
             (self.bar.write if self.bar is not None else print)(f"note: {text}", file=sys.stderr)
 
     def _line(self, event: dict) -> None:
-        if self.stream is None:
+        if self.lines is None:
             return
         event.update({"done": self.counts[DONE], "failed": self.counts[FAILED], "skipped": self.counts[SKIPPED], "remaining": self.remaining})
-        try:
-            self.stream.write(json.dumps(event) + "\n")
-            self.stream.flush()
-        except (BrokenPipeError, ValueError):  # the reader went away: the work goes on
-            self.stream = None
+        self.lines.write(event)
