@@ -27,6 +27,7 @@ from abdoseg_train.draw import NO_ORGAN, draw_case
 from abdoseg_train.evaluation import score_cases
 from abdoseg_train.fit import TrainConfig, fit
 from abdoseg_train.losses import class_mask, marginal_probabilities, partial_dice_ce_loss
+from abdoseg_train.negatives import NegativeCentres
 from abdoseg_train.patches import epoch_batches
 from abdoseg_train.prepared import PreparedCase
 from AbdoSegLib.cli import main as abdoseg
@@ -497,6 +498,31 @@ def test_patches_draw_each_organ_equally_often_even_when_few_cases_label_it():
     assert all(drawn.name == "both" for drawn, organ in draws if organ == 4)
     unlabelled = [PreparedCase("empty", torch.zeros(4, 4, 4), torch.zeros(4, 4, 4, dtype=torch.uint8), (1,), np.eye(4))]
     assert draw_case(unlabelled, [], 0.5, rng) == (unlabelled[0], None)
+
+
+def test_negative_patches_come_from_each_case_in_proportion_to_its_organ_free_body():
+    """Two real cases of 3 mm voxels, each a liver slab at one end of a body of soft tissue: a long
+    body (90 slices) and a short one (30). Body voxels more than 60 mm from the liver, sampled on
+    every second voxel (6 mm apart; the liver's last sample is slice 8): slices 30-88, 10 x 10 x 30
+    samples, in the long case; none in the short one, whose farthest samples (at least 90 % of
+    the largest distance: slices 26 and 28, 10 x 10 x 2) stand in. The long case gives 15/16 of
+    the negative patches, where a uniform draw gave half."""
+    def case(name: str, slices: int) -> PreparedCase:
+        image = torch.full((20, 20, slices), 0.2)  # soft tissue, well above the bottom of the window
+        labels = torch.zeros(image.shape, dtype=torch.uint8)
+        labels[:, :, :10] = 1
+        return PreparedCase(name, image, labels, (1,), np.diag([3.0, 3.0, 3.0, 1.0]))
+
+    cases = [case("long", 90), case("short", 30)]
+    negatives = NegativeCentres()
+    assert [negatives.weight(c) for c in cases] == [3000.0, 200.0]
+    rng = np.random.default_rng(0)
+    draws = [draw_case(cases, [], 0.5, rng, negative_fraction=1.0, negatives=negatives) for _ in range(2100)]
+    assert all(organ == NO_ORGAN for _, organ in draws)
+    share = sum(drawn.name == "long" for drawn, _ in draws) / len(draws)
+    assert abs(share - 15 / 16) < 0.015
+    uniform = [draw_case(cases, [], 0.5, rng, negative_fraction=1.0)[0].name for _ in range(2100)]
+    assert abs(uniform.count("long") / len(uniform) - 0.5) < 0.04
 
 
 def test_negative_patches_are_centred_far_from_every_organ_and_draw_maps_without_organs():

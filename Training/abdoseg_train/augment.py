@@ -15,7 +15,7 @@ from AbdoSegLib.organs import LEFT_RIGHT_PAIRS
 from .anatomy import AnatomyCase
 from .distractors import DISTRACTOR_PROBABILITY, LESION_PROBABILITY, add_distractors
 from .draw import NO_ORGAN
-from .negatives import far_from_organs
+from .negatives import NegativeCentres
 from .organ_size import ORGAN_SCALING_PROBABILITY, scale_organ
 from .prepared import PreparedCase
 from .synthetic import synthesise
@@ -125,7 +125,7 @@ class Augmenter:
                  flip_probability: float = 0.5, spec: Preprocessing | None = None,
                  field_of_view_probability: float = FIELD_OF_VIEW_PROBABILITY,
                  distractor_probability: float = DISTRACTOR_PROBABILITY, lesion_probability: float = LESION_PROBABILITY,
-                 organ_scaling_probability: float = ORGAN_SCALING_PROBABILITY):
+                 organ_scaling_probability: float = ORGAN_SCALING_PROBABILITY, negatives: NegativeCentres | None = None):
         self.patch = tuple(patch)
         self.crop = tuple(int(round(n * 1.25)) for n in patch)
         self.rng = np.random.default_rng(seed)
@@ -142,20 +142,14 @@ class Augmenter:
         self.affine.set_random_state(seed=seed)
         self.map_affine = RandAffined(keys=SYNTHETIC_MAPS, mode="nearest", **spatial)
         self.map_affine.set_random_state(seed=seed + 1)
-        self._far: dict[str, np.ndarray] = {}  # per case name: the centres of negative patches
+        self.negatives = negatives or NegativeCentres()
 
     def centre(self, case: PreparedCase | AnatomyCase, organ: int | None) -> np.ndarray | None:
         """A crop centre (3,) in voxels far from every organ for ``NO_ORGAN`` (``negatives.py``);
         else None (``crop_centre`` chooses)."""
         if organ != NO_ORGAN:
             return None
-        if case.name not in self._far:
-            if isinstance(case, PreparedCase):  # the body: above the bottom of the HU window (air)
-                labels, body = case.labels.numpy(), (case.image > PAD_VALUE + 0.05).numpy()
-            else:
-                labels, body = case.labels, case.structures > 0
-            self._far[case.name] = far_from_organs(labels, body, float(np.linalg.norm(case.affine[:3, 0])))
-        far = self._far[case.name]
+        far = self.negatives(case)
         return far[self.rng.integers(len(far))]
 
     def __call__(self, case: PreparedCase | AnatomyCase, organ: int | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:

@@ -21,6 +21,7 @@ from .config import TrainConfig
 from .draw import draw_case
 from .fine_crops import organ_crop
 from .losses import class_mask
+from .negatives import NegativeCentres
 from .prepared import PreparedCase
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -38,6 +39,7 @@ class PatchBatches(IterableDataset):
         super().__init__()
         self.real, self.synthetic, self.config = real, synthetic, config
         self.rank, self.epoch = rank, epoch
+        self.negatives = NegativeCentres()
 
     def __iter__(self) -> Iterator[Batch]:
         worker = get_worker_info()
@@ -49,7 +51,8 @@ class PatchBatches(IterableDataset):
                             spec=self.config.preprocessing, field_of_view_probability=self.config.field_of_view_probability,
                             distractor_probability=self.config.distractor_probability,
                             lesion_probability=self.config.lesion_probability,
-                            organ_scaling_probability=self.config.organ_scaling_probability)
+                            organ_scaling_probability=self.config.organ_scaling_probability,
+                            negatives=self.negatives)
         while True:
             samples = [augment(*self._draw(rng)) for _ in range(self.config.batch_size)]
             yield (torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples]),
@@ -58,7 +61,8 @@ class PatchBatches(IterableDataset):
 
     def _draw(self, rng: np.random.Generator) -> tuple[PreparedCase | AnatomyCase, int | None]:
         """A case and the organ to centre on; for the second stage the case is cut to a crop around the organ."""
-        case, organ = draw_case(self.real, self.synthetic, self.config.synthetic_fraction, rng, self.config.negative_fraction)
+        case, organ = draw_case(self.real, self.synthetic, self.config.synthetic_fraction, rng, self.config.negative_fraction,
+                                 self.negatives)
         if self.config.stage == "fine":
             case = organ_crop(case, organ, self.config.crop_margin_mm, self.config.localisation_error_mm, rng)
         return case, organ
