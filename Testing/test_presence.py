@@ -11,7 +11,7 @@ from AbdoSegLib.analysis.metrics import dice_per_organ
 from AbdoSegLib.analysis.qa import LOW_CONFIDENCE
 from AbdoSegLib.image import Image
 from AbdoSegLib.inference.predict import segment
-from AbdoSegLib.inference.presence import FOUND, MIN_CONFIDENCE, MIN_WHOLE_VOLUME_ML, NOT_FOUND, decide_presence, outside_field
+from AbdoSegLib.inference.presence import FOUND, MIN_CONFIDENCE, MIN_FRAGMENT_VOXELS, MIN_WHOLE_VOLUME_ML, NOT_FOUND, decide_presence, outside_field
 from AbdoSegLib.io.image_files import read_image
 from AbdoSegLib.model.preprocessing import model_grid
 from AbdoSegLib.organs import NUM_CLASSES, ORGAN_NAMES, organ_by_name
@@ -83,6 +83,18 @@ def test_the_smallest_whole_organ_applies_only_inside_the_scan(voxel_ml, at_edge
     probabilities, labels = _drawn({LIVER: (liver, 0.97)})
     decision = decide_presence(probabilities, labels, voxel_ml)[1]["liver"]
     assert (decision.status, decision.touches_edge) == (status, at_edge)
+
+
+@pytest.mark.parametrize("voxels, status", [(MIN_FRAGMENT_VOXELS - 1, NOT_FOUND), (MIN_FRAGMENT_VOXELS, FOUND)])
+def test_a_fragment_at_the_edge_needs_a_few_voxels(voxels, status):
+    """A confident (0.95) kidney of a few voxels in a row on the first x face: 7 voxels are noise, 8 a fragment."""
+    kidney = np.zeros(SHAPE, bool)
+    kidney[0, 20, 20:20 + voxels] = True
+    probabilities, labels = _drawn({RIGHT_KIDNEY: (kidney, 0.95)})
+    decision = decide_presence(probabilities, labels, 0.027)[1]["right_kidney"]
+    assert decision.touches_edge and decision.status == status
+    if status == NOT_FOUND:
+        assert decision.reason == "what the network drew (0.19 mL, confidence 0.950) is 7 model voxels, fewer than the 8 the model can resolve"
 
 
 def test_a_small_organ_at_the_rim_of_a_circular_field_of_view_is_a_fragment():

@@ -11,7 +11,7 @@ An organ is not found when
 - its confidence is below ``MIN_CONFIDENCE``, or
 - it lies wholly inside the scan and its volume on the model grid is below ``MIN_WHOLE_VOLUME_ML``, the
   smallest plausible whole adult organ. An organ that touches the edge of the scan may be a fragment of
-  any size: it is kept when confident enough. The edge is a face of the image or, where a scanner pads
+  almost any size: it is kept when confident enough and at least ``MIN_FRAGMENT_VOXELS`` model voxels. The edge is a face of the image or, where a scanner pads
   the corners of a circular field of view (``OUTSIDE_FIELD_HU``), the rim of that circle.
 
 Position is judged by the QA (laterality, ``analysis/qa.py``) and the mirror check (``mirror_check.py``)
@@ -48,7 +48,7 @@ chest-only or pelvis-only CT was at hand. Dice is on the crop.
     sample z[:60]         left_kidney          -      1       0.740   yes  not found
     sample z[:60]         spleen               -    107       0.878    no  not found
     sample z[:50]         liver                -     11       0.758   yes  not found
-    sample z[:50]         right_kidney         -      0       0.928   yes  found
+    sample z[:50]         right_kidney         -      0       0.928   yes  not found (1 voxel)
     sample z[:50]         left_kidney          -      2       0.767    no  not found
     sample z[:50]         spleen               -     76       0.851    no  not found
     sample z[:66]         liver                -     29       0.792   yes  not found
@@ -101,7 +101,7 @@ before it dropped the confident absent ones: a synthetic pelvis still gets a 93 
 pelvic bone and a 283 mL "spleen" on the gluteal muscles, both above 0.91. Confidence alone does not
 separate the two; the thresholds below keep every real organ measured except two fragments cut by the
 edge (sample z[:80]: 42 mL of liver, 25 mL of left kidney, both over-drawn at 0.89) and drop every absent
-organ except those confident blobs and a sub-millilitre sliver at the edge. Re-measure these rows when the
+organ except those confident blobs (a one-voxel sliver at the edge goes by ``MIN_FRAGMENT_VOXELS``). Re-measure these rows when the
 default model changes.
 """
 
@@ -131,6 +131,11 @@ mostly 0.44-0.89; real ones 0.97 and more when whole, 0.885-0.99 when cut by the
 _MIN_WHOLE_ML = {"liver": 300.0, "right_kidney": 50.0, "left_kidney": 50.0, "spleen": 50.0}
 MIN_WHOLE_VOLUME_ML: dict[str, float] = {organ.name: _MIN_WHOLE_ML[organ.name] for organ in ORGANS}
 """Smallest plausible volume (mL) of each organ when it does not touch the edge of the scan."""
+
+MIN_FRAGMENT_VOXELS = 8
+"""Fewer model voxels than a 2 x 2 x 2 block (0.2 mL at 3 mm) cannot be told from noise at the model's
+resolution, even at the edge of the scan (abdoseg-vnet-0.7 drew one confident 0.03 mL voxel of "right kidney"
+at the cut of a pelvis-only crop; the smallest real fragment it kept measured 1 mL, 37 voxels)."""
 
 OUTSIDE_FIELD_HU = -1100.0
 """Voxels below this lie outside the reconstructed field: scanners pad the corners of a circular field of
@@ -221,5 +226,9 @@ def _decide(name: str, title: str, probability: torch.Tensor, mask: np.ndarray, 
     if not edge and volume_ml < smallest:
         reason = (f"what the network drew ({volume_ml:.0f} mL, confidence {confidence:.3f}) lies wholly inside the scan "
                   f"yet is smaller than the smallest plausible {title} ({smallest:.0f} mL)")
+        return OrganPresence(NOT_FOUND, confidence, volume_ml, edge, reason)
+    if voxels < MIN_FRAGMENT_VOXELS:
+        reason = (f"what the network drew ({volume_ml:.2f} mL, confidence {confidence:.3f}) is {voxels} model "
+                  f"voxel{'s' if voxels > 1 else ''}, fewer than the {MIN_FRAGMENT_VOXELS} the model can resolve")
         return OrganPresence(NOT_FOUND, confidence, volume_ml, edge, reason)
     return OrganPresence(FOUND, confidence, volume_ml, edge, None)
