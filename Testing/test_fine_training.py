@@ -7,17 +7,21 @@ import numpy as np
 import pytest
 import torch
 
+from abdoseg_train import patches
 from abdoseg_train.cases import discover_cases
 from abdoseg_train.cli import main as train_main
 from abdoseg_train.fine_crops import MARGIN_RANGE, organ_crop
 from abdoseg_train.fit import TrainConfig, fit
 from abdoseg_train.prepared import PreparedCase
 from AbdoSegLib.cli import main as abdoseg
+from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.inference import fine_stage
 from AbdoSegLib.inference.predict import segment
 from AbdoSegLib.io.image_files import read_image
-from AbdoSegLib.model.bundle import load_bundle
+from AbdoSegLib.model.bundle import load_bundle, save_bundle
 from AbdoSegLib.model.bundle_schema import TWO_STAGE_VERSION
+from AbdoSegLib.model.preprocessing import Preprocessing
+from AbdoSegLib.model.vnet import VNet
 from AbdoSegLib.outputs import LABELS_FILE
 from AbdoSegLib.resources import DEFAULT_BUNDLE
 from conftest import voxel_world
@@ -60,16 +64,33 @@ def test_localisation_errors_move_each_face_of_the_crop():
     assert organ_crop(case, None, 10.0, 6.0, rng) is case and organ_crop(case, 4, 10.0, 6.0, rng) is case  # no organ: the whole case
 
 
+TINY = dict(width=4, depth=2, convs_per_stage=(1, 1, 1))
+
+
+def _first_stage_network(tmp_path, spacing_mm: float, hu_window: tuple[float, float]):
+    """A single-stage bundle of the tiny architecture at ``spacing_mm``, to start a second stage from."""
+    path = tmp_path / f"first-{spacing_mm:g}-{hu_window[0]:g}.safetensors"
+    torch.manual_seed(5)
+    save_bundle(path, VNet(TrainConfig(**TINY).network_config), Preprocessing((spacing_mm,) * 3, hu_window), (32, 32, 32), "tiny-first", "2026-12-01")
+    return path
+
+
 def test_smoke_fine_stage_training_exports_a_two_stage_bundle_that_segment_runs(tmp_path, monkeypatch):
+    """Started from a first stage's network at 5 mm (same architecture and HU window), refining the liver
+    and spleen only: its crops surround those, and ``segment`` runs it over those it finds."""
     torch.set_num_threads(2)
     cases = tmp_path / "cases"
     _tiny_case(cases, "upper", (slice(20, 100), slice(10, 90), slice(50, 100)), ["liver", "right_kidney", "left_kidney", "spleen"])
     validation = _tiny_case(tmp_path / "val", "val", (slice(20, 100), slice(10, 90), slice(40, 90)), ["liver", "spleen"])
-    config = TrainConfig(spacing_mm=(2.5, 2.5, 2.5), width=4, depth=2, convs_per_stage=(1, 1, 1), patch=(32, 32, 32), inference_patch=(64, 64, 64),
+    config = TrainConfig(spacing_mm=(2.5, 2.5, 2.5), **TINY, patch=(32, 32, 32), inference_patch=(64, 64, 64),
                          epochs=1, iterations_per_epoch=2, validate_every=1, learning_rate=1e-3, name="smoke-two-stage",
-                         stage="fine", coarse_bundle=str(DEFAULT_BUNDLE), crop_margin_mm=15.0)
+                         stage="fine", coarse_bundle=str(DEFAULT_BUNDLE), crop_margin_mm=15.0, fine_organs=("liver", "spleen"))
     out = tmp_path / "two-stage.safetensors"
-    fit(discover_cases(cases), discover_cases(validation), config, out, tmp_path / "run")
+    drawn = []
+    monkeypatch.setattr(patches, "organ_crop", lambda case, organ, *rest: drawn.append(organ) or organ_crop(case, organ, *rest))
+    init = _first_stage_network(tmp_path, 5.0, load_bundle(DEFAULT_BUNDLE).preprocessing.hu_window)
+    fit(discover_cases(cases), discover_cases(validation), config, out, tmp_path / "run", init=init)
+    assert drawn and set(drawn) <= {1, 4}  # liver and spleen crops only
 
     bundle, coarse = load_bundle(out), load_bundle(DEFAULT_BUNDLE)
     assert bundle.metadata["format_version"] == TWO_STAGE_VERSION
@@ -79,6 +100,7 @@ def test_smoke_fine_stage_training_exports_a_two_stage_bundle_that_segment_runs(
     record = bundle.metadata["training"]
     assert record["flip_probability"] == coarse.metadata["training"]["flip_probability"]  # the first stage's record stays on top
     assert record["fine_stage"]["coarse_model"] == coarse.model_id and record["fine_stage"]["hu_window"] == list(coarse.preprocessing.hu_window)
+    assert record["fine_stage"]["initialised_from"] == load_bundle(init).model_id and bundle.fine.organs == ("liver", "spleen")
     assert set(bundle.metadata["validation"]["fine_stage"]["dice"]) == {"liver", "spleen"}
     assert train_main(["export", str(tmp_path / "run" / "checkpoint.pt"), "-o", str(tmp_path / "exported.safetensors")]) == 0
     exported = load_bundle(tmp_path / "exported.safetensors")
@@ -89,11 +111,22 @@ def test_smoke_fine_stage_training_exports_a_two_stage_bundle_that_segment_runs(
     monkeypatch.setattr(fine_stage, "preprocess", lambda image, spec: crops.append(image.shape) or preprocess(image, spec))
     ct = read_image(validation / "ct.nii.gz")
     prediction = segment(ct, bundle, device="cpu")
-    assert len(crops) == sum(decision.found for decision in prediction.presence.values()) > 0
+    assert len(crops) == sum(prediction.presence[name].found for name in ("liver", "spleen")) > 0
     assert prediction.labels.same_grid(ct) and "fine" in prediction.timings_s
     result = tmp_path / "segmented"
     assert abdoseg(["segment", str(validation / "ct.nii.gz"), "-o", str(result), "--model", str(out), "--progress", "none"]) == 0
     assert read_image(result / LABELS_FILE).same_grid(ct)
+
+
+def test_a_second_stage_starts_only_from_a_network_with_its_architecture_and_hu_window(tmp_path):
+    cases = tmp_path / "cases"
+    _tiny_case(cases, "upper", (slice(20, 100), slice(10, 90), slice(50, 100)), ["liver"])
+    config = TrainConfig(spacing_mm=(2.5, 2.5, 2.5), **TINY, patch=(32, 32, 32), epochs=1, iterations_per_epoch=1,
+                         stage="fine", coarse_bundle=str(DEFAULT_BUNDLE))
+    init = _first_stage_network(tmp_path, 5.0, (-100.0, 300.0))
+    with pytest.raises(AbdoSegError, match="another architecture or preprocessing"):
+        fit(discover_cases(cases), [], config, tmp_path / "m.safetensors", tmp_path / "run", init=init)
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 @pytest.mark.parametrize("arguments, phrase", [
@@ -101,7 +134,8 @@ def test_smoke_fine_stage_training_exports_a_two_stage_bundle_that_segment_runs(
     (["--coarse", str(DEFAULT_BUNDLE)], "--coarse goes only with --stage fine"),
     (["--stage", "fine", "--coarse", str(DEFAULT_BUNDLE), "--crop-margin", "-1"], "--crop-margin must lie between 0 and 100 mm"),
     (["--stage", "fine", "--coarse", str(DEFAULT_BUNDLE), "--localisation-error", "-2"], "--localisation-error must be 0 or more"),
-], ids=["fine_without_coarse", "coarse_without_fine", "negative_margin", "negative_error"])
+    (["--fine-organs", "spleen"], "--fine-organs goes only with --stage fine"),
+], ids=["fine_without_coarse", "coarse_without_fine", "negative_margin", "negative_error", "organs_without_fine"])
 def test_fine_stage_options_are_checked_before_any_work(tmp_path, capsys, arguments, phrase):
     (tmp_path / "maps").mkdir()
     code = train_main(["fit", "--synthetic", str(tmp_path / "maps"), "-o", str(tmp_path / "m.safetensors"), *arguments])

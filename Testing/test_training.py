@@ -496,6 +496,7 @@ def test_patches_draw_each_organ_equally_often_even_when_few_cases_label_it():
     organs = [organ for _, organ in draws]
     assert 0.45 < organs.count(4) / len(organs) < 0.55
     assert all(drawn.name == "both" for drawn, organ in draws if organ == 4)
+    assert {draw_case(cases, [], 0.5, rng, organs=frozenset({4}))[1] for _ in range(50)} == {4}  # a second stage's organs only
     unlabelled = [PreparedCase("empty", torch.zeros(4, 4, 4), torch.zeros(4, 4, 4, dtype=torch.uint8), (1,), np.eye(4))]
     assert draw_case(unlabelled, [], 0.5, rng) == (unlabelled[0], None)
 

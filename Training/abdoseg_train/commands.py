@@ -18,6 +18,7 @@ from AbdoSegLib.model.bundle import load_bundle
 from AbdoSegLib.model.bundle_schema import CONFIG_RANGES, MAX_CROP_MARGIN_MM, SPACING_RANGE_MM
 from AbdoSegLib.model.preprocessing import Preprocessing
 from AbdoSegLib.model.vnet import VNet
+from AbdoSegLib.organs import ORGAN_NAMES
 
 from .anatomy import discover_anatomy, load_anatomy
 from .cases import discover_cases
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="with --stage fine: the single-stage bundle to refine; the output holds both stages")
     fit_parser.add_argument("--crop-margin", type=float, default=defaults.crop_margin_mm,
                             help="with --stage fine: mm around the first stage's organ in the crop (drawn from 0.5x to 1.5x in training)")
+    fit_parser.add_argument("--fine-organs", nargs="+", choices=ORGAN_NAMES, default=None,
+                            help="with --stage fine: the organs it refines (default: all four); its crops surround only them")
     fit_parser.add_argument("--localisation-error", type=float, default=defaults.localisation_error_mm,
                             help="with --stage fine: SD in mm of the first stage's error at each face of an organ's box")
     fit_parser.add_argument("--validate-every", type=int, default=defaults.validate_every, help="epochs between validations")
@@ -153,6 +156,7 @@ def run_fit(args: argparse.Namespace) -> None:
         negative_fraction=args.negative_fraction, distractor_probability=args.distractor_probability,
         lesion_probability=args.lesion_probability, organ_scaling_probability=args.organ_scaling_probability,
         stage=args.stage, coarse_bundle=str(args.coarse or ""), crop_margin_mm=args.crop_margin, localisation_error_mm=args.localisation_error,
+        fine_organs=tuple(name for name in ORGAN_NAMES if name in (args.fine_organs or ORGAN_NAMES)),
     )
     best = fit(train, validation, config, args.output, args.workdir, args.cache, args.resume, args.init, synthetic)
     print(json.dumps({"model": str(args.output), "validation": {k: v for k, v in best.items() if k != "per_case"}}, indent=2))
@@ -230,6 +234,8 @@ def _check_stage(args: argparse.Namespace) -> None:
     """--coarse goes with --stage fine (and only there), with a margin and an error the bundle and the crops can have."""
     if (args.stage == "fine") != (args.coarse is not None):
         raise AbdoSegError("--stage fine needs --coarse BUNDLE (the first stage), and --coarse goes only with --stage fine.")
+    if args.fine_organs and args.stage != "fine":
+        raise AbdoSegError("--fine-organs goes only with --stage fine.")
     if not 0 <= args.crop_margin <= MAX_CROP_MARGIN_MM:
         raise AbdoSegError(f"--crop-margin must lie between 0 and {MAX_CROP_MARGIN_MM:g} mm, not {args.crop_margin:g}.")
     if args.localisation_error < 0:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from AbdoSegLib.model.preprocessing import Preprocessing
 from AbdoSegLib.model.vnet import VNetConfig
+from AbdoSegLib.organs import ORGAN_NAMES
 
 from .augment import FIELD_OF_VIEW_PROBABILITY
 from .distractors import DISTRACTOR_PROBABILITY, LESION_PROBABILITY
@@ -54,6 +55,7 @@ class TrainConfig:
     coarse_bundle: str = ""
     coarse_model: str = ""
     crop_margin_mm: float = 20.0  # around the first stage's organ at inference; drawn from 0.5x to 1.5x in training
+    fine_organs: tuple[str, ...] = tuple(ORGAN_NAMES)  # the organs the second stage refines; its crops surround only them
     localisation_error_mm: float = 5.0  # SD (mm) of the first stage's error at each face of an organ's box, about 2 of its 3 mm voxels
 
     @property

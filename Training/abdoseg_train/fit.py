@@ -49,7 +49,8 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     when there are no real cases) is synthetic CT painted from them afresh each time.
 
     ``init``: a model bundle whose weights the network starts from (fine-tuning); it must have
-    the same architecture and preprocessing.
+    the same architecture and preprocessing (for a second stage: the same architecture and HU
+    window; a first stage's network, which knows CT at its coarser spacing, may start it).
 
     ``config.stage`` "fine": the second stage, trained on crops around each organ (``fine_crops.py``)
     with the HU window of the first stage, the single-stage bundle ``config.coarse_bundle``, and
@@ -63,8 +64,6 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     _require_training_extra()
     _check_workdir(workdir, resume)
     if config.stage == "fine":
-        if init:
-            raise AbdoSegError("--init starts a first stage from a bundle's network; a second stage (--stage fine) starts afresh.")
         coarse = _first_stage(config)
         config.hu_window, config.coarse_model = coarse.preprocessing.hu_window, coarse.model_id
     run = distributed.setup(resolve_device(config.device))
@@ -195,7 +194,9 @@ def _exported(config: TrainConfig, epoch: int, result: ValidationResult, best: d
 def _initial_weights(path: Path, config: TrainConfig) -> tuple[dict, str]:
     """(state dict, model id) of a bundle that fits this run's architecture and preprocessing."""
     bundle = load_bundle(path)
-    if bundle.network.config != config.network_config or bundle.preprocessing != config.preprocessing:
+    same_input = (bundle.preprocessing.hu_window == config.preprocessing.hu_window if config.stage == "fine"
+                  else bundle.preprocessing == config.preprocessing)
+    if bundle.network.config != config.network_config or not same_input:
         raise AbdoSegError(f"{path} has another architecture or preprocessing than this run; start from it only with the same settings.")
     return bundle.network.state_dict(), bundle.model_id
 
@@ -216,7 +217,8 @@ def export(network: VNet, config: TrainConfig, validation: dict, out: Path, log:
     if coarse.model_id != config.coarse_model:
         raise AbdoSegError(f"{config.coarse_bundle} is now {coarse.model_id}, not the first stage {config.coarse_model} that this "
                            "second stage was trained with; restore that file to export.")
-    fine = FineStage(network.cpu(), tuple(config.spacing_mm), config.crop_margin_mm, tuple(config.inference_patch))
+    fine = FineStage(network.cpu(), tuple(config.spacing_mm), config.crop_margin_mm, tuple(config.inference_patch),
+                     organs=tuple(config.fine_organs))
     return save_bundle(out, coarse.network, coarse.preprocessing, coarse.patch_size, config.name, today, overlap=coarse.overlap,
                        training=dict(coarse.metadata.get("training", {}), fine_stage=training),
                        validation=dict(coarse.metadata.get("validation", {}), fine_stage=validation), fine=fine)

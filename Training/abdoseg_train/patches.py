@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from AbdoSegLib.organs import organ_by_name
+
 from .anatomy import AnatomyCase
 from .augment import Augmenter
 from .config import TrainConfig
@@ -61,9 +63,11 @@ class PatchBatches(IterableDataset):
 
     def _draw(self, rng: np.random.Generator) -> tuple[PreparedCase | AnatomyCase, int | None]:
         """A case and the organ to centre on; for the second stage the case is cut to a crop around the organ."""
+        fine = self.config.stage == "fine"
+        organs = frozenset(organ_by_name(name).label for name in self.config.fine_organs) if fine else None
         case, organ = draw_case(self.real, self.synthetic, self.config.synthetic_fraction, rng, self.config.negative_fraction,
-                                 self.negatives)
-        if self.config.stage == "fine":
+                                self.negatives, organs)
+        if fine:
             case = organ_crop(case, organ, self.config.crop_margin_mm, self.config.localisation_error_mm, rng)
         return case, organ
 
