@@ -11,7 +11,16 @@ from AbdoSegLib.analysis.metrics import dice_per_organ
 from AbdoSegLib.analysis.qa import LOW_CONFIDENCE
 from AbdoSegLib.image import Image
 from AbdoSegLib.inference.predict import segment
-from AbdoSegLib.inference.presence import FOUND, MIN_CONFIDENCE, MIN_FRAGMENT_VOXELS, MIN_WHOLE_VOLUME_ML, NOT_FOUND, decide_presence, outside_field
+from AbdoSegLib.inference.presence import (
+    FOUND,
+    MAX_MEDIAN_HU,
+    MIN_CONFIDENCE,
+    MIN_FRAGMENT_VOXELS,
+    MIN_WHOLE_VOLUME_ML,
+    NOT_FOUND,
+    decide_presence,
+    outside_field,
+)
 from AbdoSegLib.io.image_files import read_image
 from AbdoSegLib.model.preprocessing import model_grid
 from AbdoSegLib.organs import NUM_CLASSES, ORGAN_NAMES, organ_by_name
@@ -95,6 +104,26 @@ def test_a_fragment_at_the_edge_needs_a_few_voxels(voxels, status):
     assert decision.touches_edge and decision.status == status
     if status == NOT_FOUND:
         assert decision.reason == "what the network drew (0.19 mL, confidence 0.950) is 7 model voxels, fewer than the 8 the model can resolve"
+
+
+def test_an_organ_denser_than_any_parenchyma_is_bone_not_found():
+    """A confident 417 mL kidney-shaped blob: a third of it at 350 HU and the rest at 300 (median 300, at the
+    limit: found, as a kidney whose cortex or collecting system enhances), then two thirds at 350 (median 350:
+    not found)."""
+    kidney = _ball((24, 24, 24), 10)
+    probabilities, labels = _drawn({LEFT_KIDNEY: (kidney, 0.96)})
+    hu = np.full(SHAPE, 40.0, np.float32)
+    order = np.flatnonzero(kidney.ravel())
+    hu.ravel()[order] = 300.0
+    hu.ravel()[order[: len(order) // 3]] = 350.0
+    assert float(np.median(hu[kidney])) == MAX_MEDIAN_HU == 300.0
+    assert decide_presence(probabilities, labels, 0.1, hu=hu)[1]["left_kidney"].found
+    hu.ravel()[order[: 2 * len(order) // 3]] = 350.0
+    decision = decide_presence(probabilities, labels, 0.1, hu=hu)[1]["left_kidney"]
+    assert decision.status == NOT_FOUND
+    assert decision.reason == ("what the network drew (417 mL, confidence 0.960) has a median of 350 HU, "
+                               "denser than any left kidney tissue (300 HU): bone")
+    assert decide_presence(probabilities, labels, 0.1)[1]["left_kidney"].found  # no HU given: density not judged
 
 
 def test_a_small_organ_at_the_rim_of_a_circular_field_of_view_is_a_fragment():

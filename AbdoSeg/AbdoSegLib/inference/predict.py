@@ -103,10 +103,11 @@ def infer_probabilities(
         return torch.softmax(logits, dim=0)
 
 
-def cleaned_labels(probabilities: torch.Tensor, volume: torch.Tensor, hu_window: tuple[float, float]) -> np.ndarray:
+def cleaned_labels(probabilities: torch.Tensor, hu: np.ndarray) -> np.ndarray:
     """(X, Y, Z) uint8 organ ids on the model grid: the argmax of (C, X, Y, Z) CPU probabilities,
-    cleaned up (``cleanup.clean_labels``) with the HU of ``volume``, the network's normalised input."""
-    return clean_labels(probabilities.argmax(dim=0).to(torch.uint8).numpy(), hounsfield(volume, hu_window))
+    cleaned up (``cleanup.clean_labels``) with ``hu``, the (X, Y, Z) HU of the network's input
+    (``preprocessing.hounsfield``)."""
+    return clean_labels(probabilities.argmax(dim=0).to(torch.uint8).numpy(), hu)
 
 
 def segment(image: Image, bundle: ModelBundle, device: str = "auto", progress: Progress = NoProgress()) -> Prediction:
@@ -134,10 +135,10 @@ def segment(image: Image, bundle: ModelBundle, device: str = "auto", progress: P
     progress("postprocess", 0.0, "cleaning up and returning to the input grid")
     voxel_ml = abs(float(np.linalg.det(grid.affine[:3, :3]))) / 1000.0
     outside = outside_field(image, grid)
+    hu = hounsfield(volume, bundle.preprocessing.hu_window)
 
     def judge(probabilities: torch.Tensor) -> tuple[np.ndarray, dict[str, OrganPresence]]:
-        cleaned = cleaned_labels(probabilities, volume, bundle.preprocessing.hu_window)
-        return decide_presence(probabilities, cleaned, voxel_ml, outside)
+        return decide_presence(probabilities, cleaned_labels(probabilities, hu), voxel_ml, outside, hu)
 
     kept, presence = judge(probabilities)
     labels, score, boxes = canonical_labels(probabilities, kept, grid)

@@ -9,6 +9,7 @@ voxels with p > 0.9 was measured too and separated present from absent no better
 An organ is not found when
 - the network labels no voxel of it, or
 - its confidence is below ``MIN_CONFIDENCE``, or
+- its median HU is above ``MAX_MEDIAN_HU``, denser than any organ's enhancing tissue (bone), or
 - it lies wholly inside the scan and its volume on the model grid is below ``MIN_WHOLE_VOLUME_ML``, the
   smallest plausible whole adult organ. An organ that touches the edge of the scan may be a fragment of
   almost any size: it is kept when confident enough and at least ``MIN_FRAGMENT_VOXELS`` model voxels. The edge is a face of the image or, where a scanner pads
@@ -132,6 +133,13 @@ _MIN_WHOLE_ML = {"liver": 300.0, "right_kidney": 50.0, "left_kidney": 50.0, "spl
 MIN_WHOLE_VOLUME_ML: dict[str, float] = {organ.name: _MIN_WHOLE_ML[organ.name] for organ in ORGANS}
 """Smallest plausible volume (mL) of each organ when it does not touch the edge of the scan."""
 
+MAX_MEDIAN_HU = 300.0
+"""Above this median (HU, on the model grid) what the network drew is not liver, kidney or spleen tissue in any
+phase: enhanced parenchyma measures up to about 150 HU (liver, portal-venous), 200-250 HU (renal cortex and
+spleen, arterial); a kidney's collecting system full of excreted contrast is denser, but a small part of the
+organ, which the median ignores. Cancellous and cortical bone measure about 300-1000 HU and more. Not fitted:
+abdoseg-vnet-0.7 drew a "left kidney" of mean 428 HU on the pelvic bone of a synthetic pelvis."""
+
 MIN_FRAGMENT_VOXELS = 8
 """Fewer model voxels than a 2 x 2 x 2 block (0.2 mL at 3 mm) cannot be told from noise at the model's
 resolution, even at the edge of the scan (abdoseg-vnet-0.7 drew one confident 0.03 mL voxel of "right kidney"
@@ -181,11 +189,12 @@ def outside_field(image: Image, grid: ModelGrid) -> np.ndarray | None:
 
 
 def decide_presence(probabilities: torch.Tensor, cleaned: np.ndarray, voxel_volume_ml: float,
-                    outside: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, OrganPresence]]:
+                    outside: np.ndarray | None = None, hu: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, OrganPresence]]:
     """Keep the organs that are there.
 
     probabilities: (C, X, Y, Z) float32 softmax on the model grid; cleaned: (X, Y, Z) uint8 cleaned labels on
-    it; voxel_volume_ml: volume of one model-grid voxel; outside: ``outside_field`` of the scan. Returns (a
+    it; voxel_volume_ml: volume of one model-grid voxel; outside: ``outside_field`` of the scan; hu: (X, Y, Z)
+    HU of the network's input (None: the density is not judged). Returns (a
     copy of cleaned with every organ that is not found set to background, {organ name: OrganPresence} in the
     order of the organ table).
     """
@@ -193,7 +202,7 @@ def decide_presence(probabilities: torch.Tensor, cleaned: np.ndarray, voxel_volu
     decisions = {}
     for organ in ORGANS:
         mask = cleaned == organ.label
-        decision = _decide(organ.name, organ.title.lower(), probabilities[organ.label], mask, voxel_volume_ml, outside)
+        decision = _decide(organ.name, organ.title.lower(), probabilities[organ.label], mask, voxel_volume_ml, outside, hu)
         if not decision.found:
             kept[mask] = BACKGROUND
         decisions[organ.name] = decision
@@ -214,13 +223,17 @@ def touches_edge(mask: np.ndarray, outside: np.ndarray | None = None) -> bool:
 
 
 def _decide(name: str, title: str, probability: torch.Tensor, mask: np.ndarray, voxel_volume_ml: float,
-            outside: np.ndarray | None) -> OrganPresence:
+            outside: np.ndarray | None, hu: np.ndarray | None) -> OrganPresence:
     voxels = int(np.count_nonzero(mask))
     if not voxels:
         return OrganPresence(NOT_FOUND, None, 0.0, False, f"the network labelled no voxel as {title}")
     confidence, volume_ml, edge = organ_confidence(probability, mask), voxels * voxel_volume_ml, touches_edge(mask, outside)
     if confidence < MIN_CONFIDENCE:
         reason = f"what the network drew ({volume_ml:.0f} mL) has a confidence of {confidence:.3f}, below the {MIN_CONFIDENCE:.2f} required"
+        return OrganPresence(NOT_FOUND, confidence, volume_ml, edge, reason)
+    if hu is not None and (median := float(np.median(hu[mask]))) > MAX_MEDIAN_HU:
+        reason = (f"what the network drew ({volume_ml:.0f} mL, confidence {confidence:.3f}) has a median of {median:.0f} HU, "
+                  f"denser than any {title} tissue ({MAX_MEDIAN_HU:.0f} HU): bone")
         return OrganPresence(NOT_FOUND, confidence, volume_ml, edge, reason)
     smallest = MIN_WHOLE_VOLUME_ML[name]
     if not edge and volume_ml < smallest:
