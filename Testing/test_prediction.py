@@ -16,7 +16,7 @@ from AbdoSegLib.inference.cleanup import FAT_MAX_HU, clean_labels
 from AbdoSegLib.inference.predict import count_windows, infer_probabilities, segment, window_size
 from AbdoSegLib.inference.sliding_window import MIN_WEIGHT, gaussian_weights, window_starts
 from AbdoSegLib.inference.upsampling import labels_on_input_grid
-from AbdoSegLib.model.preprocessing import PAD_VALUE, canonical, model_grid, preprocess
+from AbdoSegLib.model.preprocessing import PAD_VALUE, canonical, hounsfield, model_grid, preprocess
 from AbdoSegLib.organs import NUM_CLASSES, ORGAN_NAMES, ORGANS
 from conftest import crop, voxel_world
 
@@ -186,7 +186,7 @@ def test_confidence_is_the_mean_probability_of_each_organ_over_its_model_grid_vo
     bundle = default_model_bundle
     volume, grid = preprocess(ts_example_ct, bundle.preprocessing)
     probabilities = infer_probabilities(bundle.network, volume, window_size(grid.shape, bundle.patch_size, bundle.network.config.divisor), bundle.overlap, CPU)
-    cleaned = predict.cleaned_labels(probabilities, volume, bundle.preprocessing.hu_window)
+    cleaned = predict.cleaned_labels(probabilities, hounsfield(volume, bundle.preprocessing.hu_window))
     assert list(ts_example_prediction.confidence) == list(ORGAN_NAMES)  # all four found in the sample
     for organ in ORGANS:
         inside = torch.from_numpy(cleaned == organ.label)
