@@ -105,6 +105,12 @@ def test_smoke_fine_stage_training_exports_a_two_stage_bundle_that_segment_runs(
     assert train_main(["export", str(tmp_path / "run" / "checkpoint.pt"), "-o", str(tmp_path / "exported.safetensors")]) == 0
     exported = load_bundle(tmp_path / "exported.safetensors")
     assert exported.fine.network.config == bundle.fine.network.config and exported.metadata["fine"] == bundle.metadata["fine"]
+    assert train_main(["export", str(tmp_path / "run" / "checkpoint.pt"), "-o", str(tmp_path / "spleen.safetensors"),
+                       "--fine-organs", "spleen"]) == 0  # the measured choice: refine only where the stage wins
+    assert load_bundle(tmp_path / "spleen.safetensors").fine.organs == ("spleen",)
+    assert train_main(["export", str(tmp_path / "run" / "checkpoint.pt"), "-o", str(tmp_path / "kidney.safetensors"),
+                       "--fine-organs", "left_kidney"]) == 1
+    assert not (tmp_path / "kidney.safetensors").exists()
 
     crops = []
     preprocess = fine_stage.preprocess

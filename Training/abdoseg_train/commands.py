@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("checkpoint", type=Path)
     export_parser.add_argument("-o", "--output", type=Path, required=True, help="model bundle to write (.safetensors)")
     export_parser.add_argument("--last", action="store_true", help="the last epoch's network instead of the best one")
+    export_parser.add_argument("--fine-organs", nargs="+", choices=ORGAN_NAMES, default=None,
+                               help="a second stage's checkpoint: the organs the exported stage refines, among those it was "
+                                    "trained for (the others keep the first stage's labels)")
     export_parser.add_argument("--force", action="store_true", help="replace an existing output file")
     export_parser.set_defaults(run=run_export)
 
@@ -179,6 +182,14 @@ def run_export(args: argparse.Namespace) -> None:
     _check_output(args.output, args.force, [args.checkpoint])
     state = load_checkpoint(args.checkpoint)
     config = TrainConfig(**state["config"])
+    if args.fine_organs:
+        if config.stage != "fine":
+            raise AbdoSegError(f"{args.checkpoint} is a first stage's run; --fine-organs goes only with a second stage's.")
+        unknown = [name for name in args.fine_organs if name not in config.fine_organs]
+        if unknown:
+            raise AbdoSegError(f"the second stage of {args.checkpoint} was not trained for {', '.join(unknown)} "
+                               f"(only {', '.join(config.fine_organs)}).")
+        config.fine_organs = tuple(name for name in config.fine_organs if name in args.fine_organs)
     network = VNet(config.network_config)
     network.load_state_dict(state["network" if args.last else "best_state"])
     validation = {"epoch": state["epoch"], "note": "last epoch, exported with --last"} if args.last else state["best"]
