@@ -108,7 +108,7 @@ def test_check_mirror_runs_the_network_on_the_volume_mirrored_along_x():
 
 
 def test_a_network_trained_with_left_right_flips_is_not_asked(tiny_model_bundle, default_model_bundle):
-    assert sides_learned(default_model_bundle.metadata)  # abdoseg-vnet-0.7: flip_probability 0
+    assert sides_learned(default_model_bundle.metadata)  # trained with flip_probability 0 since abdoseg-vnet-0.7
     assert not sides_learned(tiny_model_bundle.metadata)  # records no flip_probability
     assert not sides_learned({"training": {"flip_probability": 0.5}})
     presence = {"liver": _presence(NOT_FOUND, 0.8, 10.0), "spleen": _presence(FOUND, 0.97, 200.0)}
