@@ -21,9 +21,8 @@ def draw_case(real: list[PreparedCase], synthetic: list[AnatomyCase], synthetic_
     With probability ``negative_fraction`` the patch is a negative one: a case of the pool
     (maps without an organ too), drawn in proportion to its organ-free body
     (``negatives.weight``; uniformly when None), and ``NO_ORGAN``, a centre far from every
-    organ. Otherwise the
-    organ is drawn uniformly among those the pool labels, then a case that labels it: an
-    organ labelled in few cases (the spleen in 2 of 16 anatomy maps) is as often in a patch
+    organ. Otherwise the organ is drawn uniformly among those the pool labels, then a case
+    that labels it: an organ labelled in few cases (the spleen in 2 of 16 anatomy maps) is as often in a patch
     as the liver; ``organs`` (ids) limits the choice to those (None: every organ). None when no
     case of the pool labels one of them.
     """

@@ -60,5 +60,6 @@ class NegativeCentres:
 
     def weight(self, case: PreparedCase | AnatomyCase) -> float:
         """How often ``case`` gives a negative patch, relative to the others: its number of
-        centres, i.e. its organ-free body volume in units of (2 voxels)^3."""
+        centres, i.e. its body farther than ``FAR_MM`` from every organ in units of (2 voxels)^3
+        (for a case with none, its farthest body voxels stand in)."""
         return float(len(self(case)))
