@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline_speed import GRID, BenchError, build_test_ct, cpu_model
+from pipeline_speed import GRID, BenchError, build_test_ct, check_device, check_model, cpu_model
 
 RUNS = [("local", 1), ("local", 2), ("Ray", 1), ("Ray", 2)]
 
@@ -101,15 +101,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def benchmark(args: argparse.Namespace, sample: Path) -> int:
-    if not args.model.is_file():
-        raise BenchError(f"model bundle {args.model} does not exist; pass --model BUNDLE.")
+    check_model(args.model)
     if args.cases < 2:
         raise BenchError(f"--cases must be at least 2, got {args.cases}.")
     import ray
     import torch
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise BenchError("--device cuda was asked for, but PyTorch finds no CUDA GPU here.")
+    check_device(args.device)
     large = build_test_ct(sample)
     cohorts = [("sample 122x101x112", sample), (f"{'x'.join(map(str, GRID))}", large)]
     results = []

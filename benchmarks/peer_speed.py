@@ -66,6 +66,7 @@ from pipeline_speed import (
     SPACING_MM,
     BenchError,
     build_test_ct,
+    check_model,
     cpu_model,
     monai_pipeline,
     monai_weights,
@@ -248,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def benchmark(args: argparse.Namespace) -> int:
-    if not args.model.is_file():
-        raise BenchError(f"model bundle {args.model} does not exist; train one or pass --model BUNDLE.")
+    check_model(args.model)
     if importlib.util.find_spec("nnunetv2") is None:
         raise BenchError("nnunetv2 is not installed; `make bench` installs the bench extra (pip install -e '.[bench]').")
     import monai

@@ -53,6 +53,20 @@ class BenchError(Exception):
     """A problem the user can act on; printed as one sentence."""
 
 
+def check_model(model: Path) -> None:
+    """BenchError unless the model bundle ``model`` exists."""
+    if not model.is_file():
+        raise BenchError(f"model bundle {model} does not exist; train one or pass --model BUNDLE.")
+
+
+def check_device(device: str) -> None:
+    """BenchError when ``device`` is "cuda" and PyTorch finds no CUDA GPU."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda was asked for, but PyTorch finds no CUDA GPU here.")
+
+
 # --------------------------------------------------------------------------- test CT
 
 
@@ -286,8 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def benchmark(args: argparse.Namespace, sample: Path) -> int:
-    if not args.model.is_file():
-        raise BenchError(f"model bundle {args.model} does not exist; train one or pass --model BUNDLE.")
+    check_model(args.model)
     if args.threads < 1:
         raise BenchError(f"--threads must be at least 1, got {args.threads}.")
 
@@ -300,8 +313,7 @@ def benchmark(args: argparse.Namespace, sample: Path) -> int:
     from AbdoSegLib.model.bundle import load_bundle
     from AbdoSegLib.model.preprocessing import model_grid
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise BenchError("--device cuda was asked for, but PyTorch finds no CUDA GPU here.")
+    check_device(args.device)
     try:
         bundle = load_bundle(args.model)
     except AbdoSegError as error:

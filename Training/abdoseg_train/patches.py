@@ -42,6 +42,8 @@ class PatchBatches(IterableDataset):
         self.real, self.synthetic, self.config = real, synthetic, config
         self.rank, self.epoch = rank, epoch
         self.negatives = NegativeCentres()
+        # The second stage's crops surround only the organs it refines.
+        self.organs = frozenset(organ_by_name(name).label for name in config.fine_organs) if config.stage == "fine" else None
 
     def __iter__(self) -> Iterator[Batch]:
         worker = get_worker_info()
@@ -63,11 +65,9 @@ class PatchBatches(IterableDataset):
 
     def _draw(self, rng: np.random.Generator) -> tuple[PreparedCase | AnatomyCase, int | None]:
         """A case and the organ to centre on; for the second stage the case is cut to a crop around the organ."""
-        fine = self.config.stage == "fine"
-        organs = frozenset(organ_by_name(name).label for name in self.config.fine_organs) if fine else None
         case, organ = draw_case(self.real, self.synthetic, self.config.synthetic_fraction, rng, self.config.negative_fraction,
-                                self.negatives, organs)
-        if fine:
+                                self.negatives, self.organs)
+        if self.config.stage == "fine":
             case = organ_crop(case, organ, self.config.crop_margin_mm, self.config.localisation_error_mm, rng)
         return case, organ
 
