@@ -391,6 +391,9 @@ def dataset_layouts(tmp_path_factory) -> tuple[np.ndarray, dict[tuple[Path, str 
             sl = image[:, :, k]
             sl.SetMetaData("0020|0013", str(k + 1))
             sl.SetMetaData("0020|0032", f"0\\0\\{k * 3.0}")
+            # Written explicitly: run alone, GDCM writes these slices as secondary capture, without orientation or spacing.
+            sl.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
+            sl.SetMetaData("0028|0030", "\\".join(f"{s:g}" for s in image.GetSpacing()[1::-1]))
             sl.SetMetaData("0020|000e", "1.2.3." + str(len(folder)))
             writer.SetFileName(str(patients / "p1" / folder / f"{k:03d}.dcm"))
             writer.Execute(sl)
