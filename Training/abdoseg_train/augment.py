@@ -24,6 +24,7 @@ LEFT_RIGHT_AXIS = 0
 SYNTHETIC_MAPS = ("structures", "labels", "depth_mm")
 FOREGROUND_FRACTION = 0.67  # of crops centred on an organ voxel
 FIELD_OF_VIEW_PROBABILITY = 0.3  # of a patch in which the scan ends
+THROUGH_ORGAN_PROBABILITY = 0.5  # of a scan end placed where the patch holds an organ
 
 
 def flip_left_right(image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,14 +52,18 @@ def cut_field_of_view(image: torch.Tensor, labels: torch.Tensor, rng: np.random.
 
     image (1, X, Y, Z), labels (X, Y, Z), RAS voxel order. Two times in three the scan range
     ends at an axial plane below, above or on both sides (a slab); else the patch is cut by a
-    reconstruction circle about the Z axis that keeps 10-90 % of it.
+    reconstruction circle about the Z axis that keeps 10-90 % of it. Each end passes through an
+    organ with probability ``THROUGH_ORGAN_PROBABILITY`` where the patch holds one there, so that
+    organs cut by the edge of a scan (a kidney's lower pole at the top of the scan) are common.
     """
     nx, ny, nz = labels.shape
     if rng.random() < 2 / 3:
+        # A plane at slice z keeps z and up (or below z): it cuts an organ for z past its lowest slice.
+        organ_slices = torch.nonzero(labels.amax(dim=(0, 1)) > 0)[1:, 0].numpy()
         inside = torch.zeros(nz, dtype=torch.bool)
         side = rng.integers(3)  # 0: bottom, 1: top, 2: both
-        low = int(rng.integers(1, nz // 2)) if side != 1 else 0
-        high = int(rng.integers(nz // 2, nz)) if side != 0 else nz
+        low = _plane(organ_slices, 1, nz // 2, rng) if side != 1 else 0
+        high = _plane(organ_slices, nz // 2, nz, rng) if side != 0 else nz
         inside[low:high] = True
         inside = inside.expand(nx, ny, nz)
     else:
@@ -66,9 +71,23 @@ def cut_field_of_view(image: torch.Tensor, labels: torch.Tensor, rng: np.random.
         centre = rng.uniform(-0.5, 1.5, 2) * (nx, ny)
         x, y = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
         distance = np.hypot(x - centre[0], y - centre[1])
-        disc = torch.from_numpy(distance <= np.quantile(distance, rng.uniform(0.1, 0.9)))
+        kept = rng.uniform(0.1, 0.9)
+        organ_columns = (labels.amax(dim=2) > 0).numpy()
+        if organ_columns.any() and rng.random() < THROUGH_ORGAN_PROBABILITY:
+            radius = rng.choice(distance[organ_columns])
+            kept = float(np.clip((distance <= radius).mean(), 0.1, 0.9))
+        disc = torch.from_numpy(distance <= np.quantile(distance, kept))
         inside = disc[..., None].expand(nx, ny, nz)
     return image.masked_fill(~inside, PAD_VALUE), labels.masked_fill(~inside, 0)
+
+
+def _plane(organ_slices: np.ndarray, low: int, high: int, rng: np.random.Generator) -> int:
+    """An axial slice index in [low, high): one of ``organ_slices`` (slices where a plane cuts an organ) with
+    probability ``THROUGH_ORGAN_PROBABILITY`` where some lie in that range, else any."""
+    candidates = organ_slices[(organ_slices >= low) & (organ_slices < high)]
+    if len(candidates) and rng.random() < THROUGH_ORGAN_PROBABILITY:
+        return int(rng.choice(candidates))
+    return int(rng.integers(low, high))
 
 
 def crop_centre(labels: torch.Tensor, present: list[int], rng: np.random.Generator, foreground_fraction: float) -> np.ndarray:
