@@ -17,6 +17,7 @@ from AbdoSegLib.inference.presence import (
     MIN_CONFIDENCE,
     MIN_FRAGMENT_VOXELS,
     MIN_WHOLE_VOLUME_ML,
+    NEVER_ALONE,
     NOT_FOUND,
     decide_presence,
     outside_field,
@@ -124,6 +125,21 @@ def test_an_organ_denser_than_any_parenchyma_is_bone_not_found():
     assert decision.reason == ("what the network drew (417 mL, confidence 0.960) has a median of 350 HU, "
                                "denser than any left kidney tissue (300 HU): bone")
     assert decide_presence(probabilities, labels, 0.1)[1]["left_kidney"].found  # no HU given: density not judged
+
+
+def test_a_spleen_is_not_found_when_no_other_organ_is():
+    """A confident 301 mL spleen is found beside a kidney, and not found alone (reason given, not drawn)."""
+    assert NEVER_ALONE == ("spleen",)
+    spleen, kidney = _ball((40, 24, 24), 9), _ball((12, 24, 24), 6)  # 3013 and 925 voxels of 0.1 mL
+    alone, alone_decisions = decide_presence(*_drawn({SPLEEN: (spleen, 0.95)}), 0.1)
+    assert alone_decisions["spleen"].status == NOT_FOUND and not alone.any()
+    assert alone_decisions["spleen"].reason == ("what the network drew (301 mL, confidence 0.950) is the only organ found, "
+                                                "and a scan through the spleen shows the liver or a kidney too")
+    kept, decisions = decide_presence(*_drawn({SPLEEN: (spleen, 0.95), LEFT_KIDNEY: (kidney, 0.97)}), 0.1)
+    assert decisions["spleen"].found and decisions["left_kidney"].found
+    np.testing.assert_array_equal(kept, np.where(spleen, SPLEEN, 0) + np.where(kidney, LEFT_KIDNEY, 0))
+    _, with_absent_kidney = decide_presence(*_drawn({SPLEEN: (spleen, 0.95), LEFT_KIDNEY: (kidney, 0.6)}), 0.1)
+    assert with_absent_kidney["spleen"].status == NOT_FOUND  # a kidney drawn but not found is no company
 
 
 def test_a_small_organ_at_the_rim_of_a_circular_field_of_view_is_a_fragment():

@@ -13,7 +13,8 @@ An organ is not found when
 - it lies wholly inside the scan and its volume on the model grid is below ``MIN_WHOLE_VOLUME_ML``, the
   smallest plausible whole adult organ. An organ that touches the edge of the scan may be a fragment of
   almost any size: it is kept when confident enough and at least ``MIN_FRAGMENT_VOXELS`` model voxels. The edge is a face of the image or, where a scanner pads
-  the corners of a circular field of view (``OUTSIDE_FIELD_HU``), the rim of that circle.
+  the corners of a circular field of view (``OUTSIDE_FIELD_HU``), the rim of that circle, or
+- it is the spleen and no other organ is found (``NEVER_ALONE``).
 
 Position is judged by the QA (laterality, ``analysis/qa.py``) and the mirror check (``mirror_check.py``)
 rather than here: a scan whose header mirrors the patient would otherwise lose real organs.
@@ -170,6 +171,12 @@ MIN_FRAGMENT_VOXELS = 8
 resolution, even at the edge of the scan (abdoseg-vnet-0.7 drew one confident 0.03 mL voxel of "right kidney"
 at the cut of a pelvis-only crop; the smallest real fragment it kept measured 1 mL, 37 voxels)."""
 
+NEVER_ALONE = ("spleen",)
+"""Organs never the only one of the four in a scan: the spleen spans the levels of the liver and of the left
+kidney's upper half, so any scan through it holds one of them (a far-lateral crop or a huge spleen reaching
+the pelvis are the exceptions). Not fitted: abdoseg-vnet-0.8 drew a 260 mL "spleen" at 0.922 on the gluteal
+muscles of a synthetic pelvis that holds none of the four organs, and on no validation scan a spleen alone."""
+
 OUTSIDE_FIELD_HU = -1100.0
 """Voxels below this lie outside the reconstructed field: scanners pad the corners of a circular field of
 view with about -2000 or -3024 HU, while air measures -1000 HU."""
@@ -227,11 +234,20 @@ def decide_presence(probabilities: torch.Tensor, cleaned: np.ndarray, voxel_volu
     decisions = {}
     for organ in ORGANS:
         mask = cleaned == organ.label
-        decision = _decide(organ.name, organ.title.lower(), probabilities[organ.label], mask, voxel_volume_ml, outside, hu)
-        if not decision.found:
-            kept[mask] = BACKGROUND
-        decisions[organ.name] = decision
+        decisions[organ.name] = _decide(organ.name, organ.title.lower(), probabilities[organ.label], mask, voxel_volume_ml, outside, hu)
+    for organ in ORGANS:
+        if organ.name in NEVER_ALONE and decisions[organ.name].found and not any(d.found for n, d in decisions.items() if n != organ.name):
+            decisions[organ.name] = _alone(decisions[organ.name], organ.title.lower())
+        if not decisions[organ.name].found:
+            kept[cleaned == organ.label] = BACKGROUND
     return kept, decisions
+
+
+def _alone(decision: OrganPresence, title: str) -> OrganPresence:
+    """``decision`` turned to not found: the organ is the only one found, which ``NEVER_ALONE`` rules out."""
+    reason = (f"what the network drew ({decision.volume_ml:.0f} mL, confidence {decision.confidence:.3f}) is the only organ "
+              f"found, and a scan through the {title} shows the liver or a kidney too")
+    return OrganPresence(NOT_FOUND, decision.confidence, decision.volume_ml, decision.touches_edge, reason)
 
 
 def organ_confidence(probability: torch.Tensor, mask: np.ndarray) -> float:
