@@ -71,6 +71,40 @@ def test_round_trip_keeps_weights_metadata_and_checksum(tmp_path):
         torch.testing.assert_close(bundle.network(x), network.eval()(x), rtol=0, atol=0)
 
 
+def test_a_half_bundle_stores_float16_and_loads_into_float32(tmp_path):
+    """Saved with half, every weight is float16 in the file (the weights alone take half the bytes), loads as
+    exactly the float32 weights rounded to float16, and the network's outputs barely move."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(6)
+        network = VNet(VNetConfig(width=8, depth=2, convs_per_stage=(1, 2, 1))).eval()
+    full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
+    for path, as_half in ((full, False), (half, True)):
+        save_bundle(path, network, TINY_PREPROCESSING, TINY_PATCH, "unit-test", "2026-12-01", half=as_half)
+    assert {tensor.dtype for tensor in _state(half).values()} == {torch.float16}
+    weight_bytes = sum(t.numel() * t.element_size() for t in network.state_dict().values())
+    assert abs(full.stat().st_size - half.stat().st_size - weight_bytes // 2) < 100  # the headers differ a little
+    loaded = load_bundle(half).network
+    for key, value in network.state_dict().items():
+        assert loaded.state_dict()[key].dtype == torch.float32
+        assert torch.equal(loaded.state_dict()[key], value.half().float()), key
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), network(x), rtol=0, atol=2e-2)
+
+
+def test_a_weight_beyond_float16_is_not_saved_as_half(tmp_path):
+    network = VNet(TINY_CONFIG)
+    key, weight = next(iter(network.named_parameters()))
+    with torch.no_grad():
+        weight.view(-1)[0] = 1e5
+    path = tmp_path / "half.safetensors"
+    with pytest.raises(AbdoSegError, match=r"was not written: weights\['.*'\] exceed float16's range \(65504\)"):
+        save_bundle(path, network, TINY_PREPROCESSING, TINY_PATCH, "unit-test", "2026-12-01", half=True)
+    assert not path.exists()
+    save_bundle(path, network, TINY_PREPROCESSING, TINY_PATCH, "unit-test", "2026-12-01")  # float32 holds it
+    assert float(load_bundle(path).network.state_dict()[key].view(-1)[0]) == 1e5
+
+
 def test_fixture_bundle_loads(tiny_model_bundle, tiny_bundle_path):
     assert tiny_model_bundle.network.config == TINY_CONFIG
     assert tiny_model_bundle.preprocessing == TINY_PREPROCESSING

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from abdoseg_train import patches
 from abdoseg_train.cases import discover_cases
@@ -108,6 +109,12 @@ def test_smoke_fine_stage_training_exports_a_two_stage_bundle_that_segment_runs(
     assert train_main(["export", str(tmp_path / "run" / "checkpoint.pt"), "-o", str(tmp_path / "spleen.safetensors"),
                        "--fine-organs", "spleen"]) == 0  # the measured choice: refine only where the stage wins
     assert load_bundle(tmp_path / "spleen.safetensors").fine.organs == ("spleen",)
+    assert train_main(["export", str(tmp_path / "run" / "checkpoint.pt"), "-o", str(tmp_path / "half.safetensors"), "--half"]) == 0
+    with safe_open(str(tmp_path / "half.safetensors"), framework="pt") as handle:  # both stages stored as float16
+        assert {handle.get_tensor(key).dtype for key in handle.keys()} == {torch.float16}
+    halved = load_bundle(tmp_path / "half.safetensors")
+    assert all(torch.equal(value, exported.fine.network.state_dict()[key].half().float())
+               for key, value in halved.fine.network.state_dict().items())
     assert train_main(["export", str(tmp_path / "run" / "checkpoint.pt"), "-o", str(tmp_path / "kidney.safetensors"),
                        "--fine-organs", "left_kidney"]) == 1
     assert not (tmp_path / "kidney.safetensors").exists()

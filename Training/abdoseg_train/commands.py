@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--fine-organs", nargs="+", choices=ORGAN_NAMES, default=None,
                                help="a second stage's checkpoint: the organs the exported stage refines, among those it was "
                                     "trained for (the others keep the first stage's labels)")
+    export_parser.add_argument("--half", action="store_true",
+                               help="store the weights as float16: half the file; they still run in float32")
     export_parser.add_argument("--force", action="store_true", help="replace an existing output file")
     export_parser.set_defaults(run=run_export)
 
@@ -193,7 +195,8 @@ def run_export(args: argparse.Namespace) -> None:
     network = VNet(config.network_config)
     network.load_state_dict(state["network" if args.last else "best_state"])
     validation = {"epoch": state["epoch"], "note": "last epoch, exported with --last"} if args.last else state["best"]
-    sha256 = export(network, config, validation, args.output, state["log"], seconds=state["log"][-1]["seconds"] if state["log"] else 0.0, device="cpu")
+    sha256 = export(network, config, validation, args.output, state["log"], seconds=state["log"][-1]["seconds"] if state["log"] else 0.0,
+                    device="cpu", half=args.half)
     print(f"wrote {args.output} (sha256 {sha256})")
 
 

@@ -201,8 +201,9 @@ def _initial_weights(path: Path, config: TrainConfig) -> tuple[dict, str]:
     return bundle.network.state_dict(), bundle.model_id
 
 
-def export(network: VNet, config: TrainConfig, validation: dict, out: Path, log: list[dict], seconds: float, device: str) -> str:
-    """Write ``network`` as a model bundle with the run's provenance; returns its SHA-256.
+def export(network: VNet, config: TrainConfig, validation: dict, out: Path, log: list[dict], seconds: float, device: str,
+           half: bool = False) -> str:
+    """Write ``network`` as a model bundle with the run's provenance; returns its SHA-256. ``half``: float16 weights.
 
     A second stage is written with its first stage (``config.coarse_bundle``, which must be the file it was
     trained with), whose training and validation records stay at the top and gain a ``fine_stage`` entry.
@@ -212,7 +213,7 @@ def export(network: VNet, config: TrainConfig, validation: dict, out: Path, log:
     today = datetime.date.today().isoformat()
     if config.stage != "fine":
         return save_bundle(out, network.cpu(), config.preprocessing, config.inference_patch, config.name, today,
-                           training=training, validation=validation)
+                           training=training, validation=validation, half=half)
     coarse = _first_stage(config)
     if coarse.model_id != config.coarse_model:
         raise AbdoSegError(f"{config.coarse_bundle} is now {coarse.model_id}, not the first stage {config.coarse_model} that this "
@@ -221,7 +222,7 @@ def export(network: VNet, config: TrainConfig, validation: dict, out: Path, log:
                      organs=tuple(config.fine_organs))
     return save_bundle(out, coarse.network, coarse.preprocessing, coarse.patch_size, config.name, today, overlap=coarse.overlap,
                        training=dict(coarse.metadata.get("training", {}), fine_stage=training),
-                       validation=dict(coarse.metadata.get("validation", {}), fine_stage=validation), fine=fine)
+                       validation=dict(coarse.metadata.get("validation", {}), fine_stage=validation), fine=fine, half=half)
 
 
 def _first_stage(config: TrainConfig) -> ModelBundle:

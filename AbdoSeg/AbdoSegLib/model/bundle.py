@@ -9,7 +9,9 @@ safetensors loads without pickle, so a bundle cannot run code. The metadata (hea
     fine {architecture, spacing_mm, crop_margin_mm, patch_size, overlap, organs, coarse_channel}
 
 The first stage's weights are stored under the network's own names (as in a version 1 bundle),
-the second stage's under the same names prefixed with ``fine.``.
+the second stage's under the same names prefixed with ``fine.``. They are float32, or float16 where the
+bundle was saved with ``half`` (half the file: a two-stage bundle stays small); either loads into float32
+networks, which is how they run.
 
 A bundle that is not a safetensors file, lacks the metadata, breaks the metadata's schema
 (``bundle_schema``: every field's type and range, the format version, the label table) or has
@@ -23,6 +25,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -106,10 +109,12 @@ def save_bundle(
     training: dict | None = None,
     validation: dict | None = None,
     fine: FineStage | None = None,
+    half: bool = False,
 ) -> str:
     """Write a bundle atomically; returns its SHA-256 (hex). Metadata outside ``bundle_schema`` is refused (AbdoSegError).
 
-    Without ``fine`` the bundle has format version 1 (one stage), with it version 2.
+    Without ``fine`` the bundle has format version 1 (one stage), with it version 2. ``half``: store the
+    weights as float16 (a weight beyond float16's range, 65504, is refused with AbdoSegError).
     """
     for window, divisor in [(patch_size, network.config.divisor)] + ([(fine.patch_size, fine.network.config.divisor)] if fine else []):
         if any(n % divisor for n in window):
@@ -128,12 +133,24 @@ def save_bundle(
     if fine:
         metadata["fine"] = fine.to_dict()
     check_metadata(json.loads(json.dumps(metadata)), path)  # as a reader will see it: tuples are lists
-    tensors = {key: value.detach().to("cpu").contiguous() for key, value in network.state_dict().items()}
+    tensors = dict(network.state_dict())
     if fine:
-        tensors.update({FINE_PREFIX + key: value.detach().to("cpu").contiguous() for key, value in fine.network.state_dict().items()})
+        tensors.update({FINE_PREFIX + key: value for key, value in fine.network.state_dict().items()})
+    tensors = {key: _stored(key, value, half, path) for key, value in tensors.items()}
     with atomic_path(path) as temporary:
         save_file(tensors, str(temporary), metadata={METADATA_KEY: json.dumps(metadata)})
     return file_sha256(path)
+
+
+def _stored(key: str, tensor: torch.Tensor, half: bool, path: str | Path) -> torch.Tensor:
+    """``tensor`` as written to the file: on the CPU, contiguous, and float16 when ``half``."""
+    tensor = tensor.detach().to("cpu")
+    if half and tensor.is_floating_point():
+        rounded = tensor.half()
+        if bool(torch.isinf(rounded).any()) and not bool(torch.isinf(tensor).any()):
+            raise AbdoSegError(f"{path} was not written: weights[{key!r}] exceed float16's range (65504); export it without --half.")
+        tensor = rounded
+    return tensor.contiguous()
 
 
 def read_metadata(path: str | Path) -> dict:
