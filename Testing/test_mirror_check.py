@@ -19,6 +19,7 @@ from AbdoSegLib.inference.mirror_check import (
     CONVINCING,
     CONVINCING_LIVER,
     LIVER_TO_SPLEEN,
+    MIN_JUDGED_LIVER_ML,
     SIDES_NOT_LEARNED,
     MirrorCheck,
     check_mirror,
@@ -59,6 +60,8 @@ def _presence(status: str, confidence: float | None, volume_ml: float = 1000.0) 
     (_presence(FOUND, 0.95), _presence(FOUND, 0.95), False),  # as confident: no reason to doubt the header
     (_presence(NOT_FOUND, 0.746), _presence(NOT_FOUND, 0.776), False),  # no liver either way (a pelvis)
     (_presence(FOUND, 0.95), None, False),  # the mirrored pass did not run
+    (_presence(NOT_FOUND, 0.808, 40.0), _presence(FOUND, 0.903, 31.0), False),  # a fragment: too little to judge by
+    (_presence(NOT_FOUND, 0.808, 40.0), _presence(FOUND, 0.903, MIN_JUDGED_LIVER_ML), True),
 ])
 def test_the_header_is_doubted_only_when_the_liver_is_found_more_confidently_mirrored(as_given, mirrored, warned):
     check = MirrorCheck(as_given, mirrored)

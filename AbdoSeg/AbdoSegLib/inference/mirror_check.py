@@ -9,40 +9,40 @@ order, so mirroring it along its first axis undoes such a header: the network th
 more confidence than in the scan as given.
 
 Rule: the header may be mirrored when the liver is found (``presence.py``) in the scan mirrored
-left-right with a higher confidence than in the scan as given (0 there when nothing was drawn).
+left-right, at least ``MIN_JUDGED_LIVER_ML``, with a higher confidence than in the scan as given (0 there
+when nothing was drawn).
 
-Measured with abdoseg-vnet-0.7: the liver's confidence as given | mirrored (in brackets: not found), on
-each scan with its header as stored and with the header mirrored in x (array unchanged, world x negated).
-Crops are of the sample CT (122x101x112 voxels of 3 mm, RAS: x[62:] keeps the patient's right, y[:45]
-the back, z[:60] the pelvis). msd_spleen_8's stored header mirrors the patient (its spleen and its
-liver lie on the wrong sides, as reported for the Decathlon's spleen images: Project-MONAI/model-zoo issue 766),
-so there "header mirrored" is the corrected scan. msd_spleen_8 and ts_dicom were training cases (as
+Measured with abdoseg-vnet-0.9 by ``python Training/scripts/mirror_table.py``: the liver's confidence as given |
+mirrored (in brackets: not found) and the mirrored liver's volume, on each scan with its header as stored; with
+the header mirrored in x (array unchanged, world x negated) the two columns swap exactly, since the network's
+input is mirrored exactly. Crops are of the sample CT (122x101x112 voxels of 3 mm, RAS: x[62:] keeps the
+patient's right, y[:45] the back, z[:60] the pelvis). msd_spleen_8's stored header mirrors the patient (its
+spleen and its liver lie on the wrong sides, as reported for the Decathlon's spleen images: Project-MONAI/model-zoo
+issue 766), so there "as stored" is the mirrored scan. msd_spleen_8 and ts_dicom were training cases (as
 stored), the sample and ircad_17 (3D-IRCADb-01 patient 17, not in the repository) validation cases.
 
-    scan               header as stored     header mirrored in x     rule right on both
-    sample             0.970 | 0.902        0.902 | 0.970            yes
-    sample z[95:]      0.980 | 0.964        0.964 | 0.980            yes
-    sample z[100:]     0.983 | 0.933        0.933 | 0.983            yes
-    sample y[:45]      0.953 | 0.941        0.941 | 0.953            yes
-    sample x[62:]      0.968 | (0.893)      (0.893) | 0.968          yes
-    sample x[:60]      0.942 | 0.928        0.928 | 0.942            yes
-    sample x[85:]      0.966 | 0.919        0.919 | 0.966            yes
-    sample z[30:90]    0.950 | (0.898)      (0.898) | 0.950          yes
-    sample z[60:95]    0.959 | 0.948        0.948 | 0.959            yes
-    sample z[:60]      (0.746) | (0.776)    (0.776) | (0.746)        no liver: no warning either way
-    sample z[:66]      (0.792) | (0.833)    (0.833) | (0.792)        no liver: no warning either way
-    sample z[:80]      (0.893) | (0.817)    (0.817) | (0.893)        no liver: no warning either way
-    ts_dicom           0.989 | 0.976        0.976 | 0.989            yes
-    ircad_17           0.976 | 0.924        0.924 | 0.976            yes
-    msd_spleen_8       0.913 | 0.932        0.932 | 0.913            yes (stored: mirrored)
+    scan               as stored | mirrored   mirrored liver mL   rule right as stored and with the header mirrored
+    sample             0.968 | (0.897)        261                 yes
+    sample z[95:]      0.977 | 0.959          163                 yes
+    sample z[100:]     0.981 | (0.877)        164                 yes
+    sample y[:45]      0.945 | 0.933          167                 yes
+    sample x[62:]      0.965 | (0.763)        107                 yes
+    sample x[:60]      0.940 | 0.912          303                 yes (mirrored header: the liver as stored, 114 mL)
+    sample x[85:]      0.960 | (0.837)        278                 yes
+    sample z[30:90]    0.947 | (0.887)         21                 yes
+    sample z[60:95]    0.954 | 0.918           51                 yes
+    sample z[:60]      (0.742) | (0.676)        3                 no liver: no warning either way
+    sample z[:66]      (0.808) | 0.903         31                 no liver: no warning either way (0.903 > 0.808, but
+                                                                  31 mL is below MIN_JUDGED_LIVER_ML)
+    sample z[:80]      (0.889) | (0.798)       17                 no liver: no warning either way
+    ts_dicom           0.988 | 0.964          282                 yes
+    ircad_17           0.975 | 0.915          879                 yes
+    msd_spleen_8       0.908 | 0.935         2510                 yes (stored: mirrored)
 
-The two columns swap exactly (the network's input is mirrored exactly), so a margin that spared one
-column would cost the other: the rule has none. The closest calls are 0.011-0.014 apart (the slabs
-z[60:95] and y[:45], ts_dicom, the half x[:60]). The spleen was measured too and is worse: where it is
-absent (x[62:]) the network draws one on the mirrored liver at 0.932, and msd_spleen_8's spleen, learned
-as stored, drops when mirrored. A scan without the liver cannot be judged (kidneys look alike on both
-sides). With the header mirrored, the "liver" drawn on the spleen measured 0.964 (sample z[95:]) and 0.976
-(ts_dicom), smaller than the "spleen" drawn on the liver; whole livers as stored measured 0.970-0.989.
+A margin on the confidences that spared one column would cost the other: the rule has none. The closest calls
+are 0.012-0.036 apart (y[:45], the half x[:60], z[60:95], ts_dicom). The spleen is worse to judge by: where it
+is absent the network draws one on the mirrored liver, and msd_spleen_8's spleen, learned as stored, drops
+when mirrored. A scan without the liver cannot be judged (kidneys look alike on both sides).
 
 The mirrored pass costs a second network pass (1.8 s of 5.2 s on the 512x512x200 benchmark, 2 cores), so
 it is skipped when the scan as given is convincing (``needs_mirrored_pass``): the liver found with at
@@ -70,6 +70,11 @@ LIVER_TO_SPLEEN = 2.0
 """The smallest typical adult liver (800 mL) is twice the largest typical spleen (400 mL, ``analysis/qa.py``);
 with the header mirrored, what the network called liver was smaller than what it called spleen."""
 
+MIN_JUDGED_LIVER_ML = 100.0
+"""A liver found in the mirrored scan smaller than this (mL; a tip or a dome cut by the scan's edge) is too little
+to judge the sides by: abdoseg-vnet-0.9 found 31 mL of "liver" at 0.903 in the mirrored lower abdomen of the
+sample (z[:66], no liver), where the header is right; the mirrored msd_spleen_8 liver measured 2510 mL."""
+
 CONVINCING = "the liver is convincing as given"
 SIDES_NOT_LEARNED = ("the model's training does not record flip_probability 0: a network trained with left-right "
                      "flips was taught a liver on either side")
@@ -89,8 +94,9 @@ class MirrorCheck:
 
     @property
     def header_may_be_mirrored(self) -> bool:
-        """The liver is found in the mirrored scan with more confidence than in the scan as given."""
-        if self.mirrored is None or not self.mirrored.found:
+        """The liver is found in the mirrored scan, at least ``MIN_JUDGED_LIVER_ML``, with more confidence than
+        in the scan as given."""
+        if self.mirrored is None or not self.mirrored.found or self.mirrored.volume_ml < MIN_JUDGED_LIVER_ML:
             return False
         return self.mirrored.confidence > (self.as_given.confidence or 0.0)
 
