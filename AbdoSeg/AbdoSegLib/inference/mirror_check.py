@@ -40,7 +40,7 @@ stored), the sample and ircad_17 (3D-IRCADb-01 patient 17, not in the repository
     msd_spleen_8       0.908 | 0.935         2510                 yes (stored: mirrored)
 
 A margin on the confidences that spared one column would cost the other: the rule has none. The closest calls
-are 0.012-0.036 apart (y[:45], the half x[:60], z[60:95], ts_dicom). The spleen is worse to judge by: where it
+are y[:45] (0.012 apart), z[95:] (0.018), ts_dicom (0.024) and the half x[:60] (0.028). The spleen is worse to judge by: where it
 is absent the network draws one on the mirrored liver, and msd_spleen_8's spleen, learned as stored, drops
 when mirrored. A scan without the liver cannot be judged (kidneys look alike on both sides).
 
