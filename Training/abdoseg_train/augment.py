@@ -13,6 +13,7 @@ from AbdoSegLib.model.preprocessing import PAD_VALUE, Preprocessing, normalise
 from AbdoSegLib.organs import LEFT_RIGHT_PAIRS
 
 from .anatomy import AnatomyCase
+from .colon import COLON_PROBABILITY, add_colon
 from .distractors import DISTRACTOR_PROBABILITY, LESION_PROBABILITY, add_distractors
 from .draw import NO_ORGAN
 from .negatives import NegativeCentres
@@ -137,21 +138,23 @@ class Augmenter:
     field_of_view_probability: of a scan that ends inside the patch (``cut_field_of_view``).
     distractor_probability, lesion_probability: of a synthetic patch with distractors next to its
     organs and lesions inside them (``distractors.py``); organ_scaling_probability: of one
-    with an organ grown or shrunk (``organ_size.py``).
+    with an organ grown or shrunk (``organ_size.py``); colon_probability: of one holding a kidney
+    and no bowel, with a colon beside each kidney (``colon.py``).
     """
 
     def __init__(self, patch: tuple[int, int, int], seed: int, rotate_deg: float = 15.0, scale: float = 0.15,
                  flip_probability: float = 0.5, spec: Preprocessing | None = None,
                  field_of_view_probability: float = FIELD_OF_VIEW_PROBABILITY,
                  distractor_probability: float = DISTRACTOR_PROBABILITY, lesion_probability: float = LESION_PROBABILITY,
-                 organ_scaling_probability: float = ORGAN_SCALING_PROBABILITY, negatives: NegativeCentres | None = None):
+                 organ_scaling_probability: float = ORGAN_SCALING_PROBABILITY, negatives: NegativeCentres | None = None,
+                 colon_probability: float = COLON_PROBABILITY):
         self.patch = tuple(patch)
         self.crop = tuple(int(round(n * 1.25)) for n in patch)
         self.rng = np.random.default_rng(seed)
         self.flip_probability = flip_probability
         self.field_of_view_probability = field_of_view_probability
         self.distractor_probability, self.lesion_probability = distractor_probability, lesion_probability
-        self.organ_scaling_probability = organ_scaling_probability
+        self.organ_scaling_probability, self.colon_probability = organ_scaling_probability, colon_probability
         self.spec = spec
         from monai.transforms import RandAffined  # the train extra (fit checks that it is installed)
 
@@ -198,7 +201,7 @@ class Augmenter:
 
     def synthetic(self, case: AnatomyCase, organ: int | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
         """A synthetic CT patch: crop and deform the anatomy map, grow or shrink an organ, draw
-        distractors into it, then paint and corrupt it."""
+        distractors and a colon into it, then paint and corrupt it."""
         if self.spec is None:
             raise ValueError("an Augmenter for anatomy maps needs the model's preprocessing (spec)")
         centre = self.centre(case, organ)
@@ -218,6 +221,7 @@ class Augmenter:
         spacing = float(self.spec.spacing_mm[0])
         structures, labels = scale_organ(structures, labels, self.rng, self.organ_scaling_probability)
         structures = add_distractors(structures, labels, spacing, self.rng, self.distractor_probability, self.lesion_probability)
+        structures = add_colon(structures, labels, spacing, self.rng, self.colon_probability)
         hu = synthesise(structures, depth, spacing, self.rng)
         image = normalise(torch.from_numpy(hu), self.spec.hu_window)
         return image[None].float(), torch.from_numpy(labels).long(), labelled

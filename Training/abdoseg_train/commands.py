@@ -149,7 +149,8 @@ def run_fit(args: argparse.Namespace) -> None:
                         ("--field-of-view-probability", args.field_of_view_probability),
                         ("--negative-fraction", args.negative_fraction),
                         ("--distractor-probability", args.distractor_probability), ("--lesion-probability", args.lesion_probability),
-                        ("--organ-scaling-probability", args.organ_scaling_probability)):
+                        ("--organ-scaling-probability", args.organ_scaling_probability),
+                        ("--colon-probability", args.colon_probability)):
         if not 0 <= value <= 1:
             raise AbdoSegError(f"{name} must lie between 0 and 1, not {value}.")
     config = TrainConfig(
@@ -160,6 +161,7 @@ def run_fit(args: argparse.Namespace) -> None:
         workers=args.workers, field_of_view_probability=args.field_of_view_probability,
         negative_fraction=args.negative_fraction, distractor_probability=args.distractor_probability,
         lesion_probability=args.lesion_probability, organ_scaling_probability=args.organ_scaling_probability,
+        colon_probability=args.colon_probability,
         stage=args.stage, coarse_bundle=str(args.coarse or ""), crop_margin_mm=args.crop_margin, localisation_error_mm=args.localisation_error,
         fine_organs=tuple(name for name in ORGAN_NAMES if name in (args.fine_organs or ORGAN_NAMES)),
     )
@@ -207,7 +209,8 @@ def run_synth(args: argparse.Namespace) -> None:
     sources = [source for path in args.anatomy for source in discover_anatomy(path)]
     spec = Preprocessing((args.spacing,) * 3, TrainConfig().hu_window)
     rng = np.random.default_rng(args.seed)
-    variation = AnatomyVariation(args.distractor_probability, args.lesion_probability, args.organ_scaling_probability)
+    variation = AnatomyVariation(args.distractor_probability, args.lesion_probability, args.organ_scaling_probability,
+                                 args.colon_probability)
     try:
         args.output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -235,13 +238,15 @@ def _check_output(output: Path, force: bool, inputs: list[Path | None]) -> None:
 
 
 def _add_variation_options(parser: argparse.ArgumentParser, defaults: TrainConfig, unit: str) -> None:
-    """The probabilities of distractors, lesions and a scaled organ in each ``unit`` ("synthetic patch"/"synthetic scan")."""
+    """The probabilities of distractors, lesions, a scaled organ and a colon in each ``unit`` ("synthetic patch"/"synthetic scan")."""
     parser.add_argument("--distractor-probability", type=float, default=defaults.distractor_probability,
                         help=f"of a {unit} with cysts and masses (labelled background) beside its organs")
     parser.add_argument("--lesion-probability", type=float, default=defaults.lesion_probability,
                         help=f"of a {unit} with lesions (labelled as the organ) inside its organs")
     parser.add_argument("--organ-scaling-probability", type=float, default=defaults.organ_scaling_probability,
                         help=f"of a {unit} with one organ grown (liver, spleen up to 1.5x) or shrunk (kidneys to 0.6x)")
+    parser.add_argument("--colon-probability", type=float, default=defaults.colon_probability,
+                        help=f"of a {unit} that holds a kidney and no bowel, with a colon (labelled background) beside each kidney")
 
 
 def _check_stage(args: argparse.Namespace) -> None:

@@ -9,6 +9,7 @@ from AbdoSegLib.model.vnet import VNetConfig
 from AbdoSegLib.organs import ORGAN_NAMES
 
 from .augment import FIELD_OF_VIEW_PROBABILITY
+from .colon import COLON_PROBABILITY
 from .distractors import DISTRACTOR_PROBABILITY, LESION_PROBABILITY
 from .organ_size import ORGAN_SCALING_PROBABILITY
 
@@ -40,6 +41,7 @@ class TrainConfig:
     distractor_probability: float = DISTRACTOR_PROBABILITY  # of a synthetic patch with cysts/masses beside organs
     lesion_probability: float = LESION_PROBABILITY  # of a synthetic patch with lesions inside organs
     organ_scaling_probability: float = ORGAN_SCALING_PROBABILITY  # of a synthetic patch with an organ grown/shrunk
+    colon_probability: float = COLON_PROBABILITY  # of a synthetic patch with a kidney and no bowel, with a colon drawn
     keep: str = "best"  # which network is exported: "best" on validation, or "last" (no selection)
     workers: int = 0  # processes that prepare cases and paint patches (0: the training process itself)
     seed: int = 0

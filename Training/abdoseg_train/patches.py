@@ -56,6 +56,7 @@ class PatchBatches(IterableDataset):
                             distractor_probability=self.config.distractor_probability,
                             lesion_probability=self.config.lesion_probability,
                             organ_scaling_probability=self.config.organ_scaling_probability,
+                            colon_probability=self.config.colon_probability,
                             negatives=self.negatives)
         while True:
             samples = [augment(*self._draw(rng)) for _ in range(self.config.batch_size)]
