@@ -168,7 +168,7 @@ def test_painted_structures_of_s0328_lie_in_their_tissue_ranges(s0328, phase):
     assert np.all(hu[s0328.structures == OUTSIDE] < -950)
 
 
-NO_VARIATION = ["--distractor-probability", "0", "--lesion-probability", "0", "--organ-scaling-probability", "0"]
+NO_VARIATION = ["--distractor-probability", "0", "--lesion-probability", "0", "--organ-scaling-probability", "0", "--colon-probability", "0"]
 
 
 def test_synth_writes_s0328_with_its_labels_untouched(s0328, tmp_path):
@@ -190,8 +190,9 @@ def test_synth_draws_distractors_lesions_and_scaled_organs_as_training_does(s032
         return read_image(folder / "ct.nii.gz").array, read_image(folder / "label.nii.gz").array, info
 
     plain_ct, plain_labels, _ = synth("plain", *NO_VARIATION)
-    drawn_ct, drawn_labels, drawn = synth("drawn", "--distractor-probability", "1", "--lesion-probability", "1", "--organ-scaling-probability", "0")
-    assert drawn == {"distractor_probability": 1.0, "lesion_probability": 1.0, "organ_scaling_probability": 0.0}
+    drawn_ct, drawn_labels, drawn = synth("drawn", "--distractor-probability", "1", "--lesion-probability", "1", "--organ-scaling-probability", "0",
+                                          "--colon-probability", "0")
+    assert drawn == {"distractor_probability": 1.0, "lesion_probability": 1.0, "organ_scaling_probability": 0.0, "colon_probability": 0.0}
     np.testing.assert_array_equal(drawn_labels, plain_labels)  # distractors are background, lesions their organ
     changed = np.abs(drawn_ct.astype(np.int32) - plain_ct) > 0
     assert changed.mean() > 0.001  # same seed: the painting differs by what was drawn
