@@ -3,7 +3,7 @@
 41 of the 45 training maps label no colon (the 3D-IRCADb, BTCV and AMOS maps; only the TotalSegmentator ones
 do), so the descending and ascending colon, which run down the flanks in front of and beside the kidneys and
 below their lower poles, were painted as the generic body mixture. A network that has never seen bowel there
-draws a kidney down along the colon (a real portal-venous scan; the sample cut below its left kidney's top).
+draws a kidney down along the colon (issue 13's scan A; the sample cut through its left kidney's lower pole).
 
 In a patch that holds a kidney and no bowel, a tube of colon (``structures`` id "bowel", painted with a wall and
 contents by ``bowel.py``; labelled background) is drawn the whole height of the patch, lateral to the kidney
