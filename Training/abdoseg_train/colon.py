@@ -10,8 +10,8 @@ contents by ``bowel.py``; labelled background) is drawn the whole height of the 
 (by its radius plus a gap) and level with it or in front, meandering; it takes only body voxels that nothing
 else claims ("body_other"). It is not drawn where the map has bowel of its own within ``CLEAR_MM`` of the
 tube: a map's own colon lies there, while its oesophagus or duodenum (the same structure id) lie elsewhere.
-Geometry from the adult colon: diameter 3-6 cm in the flanks (a descending colon of 2.5-5 cm), lying against
-the kidney's lateral border or up to 1.5 cm from it.
+Geometry: a tube 2.4-5.6 cm across (an adult descending colon measures about 2.5-5 cm), lying against the
+kidney's lateral border or up to 1.5 cm from it.
 """
 
 from __future__ import annotations
