@@ -138,8 +138,8 @@ class Augmenter:
     field_of_view_probability: of a scan that ends inside the patch (``cut_field_of_view``).
     distractor_probability, lesion_probability: of a synthetic patch with distractors next to its
     organs and lesions inside them (``distractors.py``); organ_scaling_probability: of one
-    with an organ grown or shrunk (``organ_size.py``); colon_probability: of one holding a kidney
-    and no bowel, with a colon beside each kidney (``colon.py``).
+    with an organ grown or shrunk (``organ_size.py``); colon_probability: of one holding a kidney,
+    with a colon beside each kidney where the map has none of its own (``colon.py``).
     """
 
     def __init__(self, patch: tuple[int, int, int], seed: int, rotate_deg: float = 15.0, scale: float = 0.15,

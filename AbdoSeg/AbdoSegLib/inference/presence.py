@@ -234,14 +234,15 @@ def decide_presence(probabilities: torch.Tensor, cleaned: np.ndarray, voxel_volu
     """
     kept = cleaned.copy()
     decisions = {}
+    masks = {organ.name: cleaned == organ.label for organ in ORGANS}
     for organ in ORGANS:
-        mask = cleaned == organ.label
-        decisions[organ.name] = _decide(organ.name, organ.title.lower(), probabilities[organ.label], mask, voxel_volume_ml, outside, hu)
+        decisions[organ.name] = _decide(organ.name, organ.title.lower(), probabilities[organ.label], masks[organ.name], voxel_volume_ml,
+                                        outside, hu)
     for organ in ORGANS:
         if organ.name in NEVER_ALONE and decisions[organ.name].found and not any(d.found for n, d in decisions.items() if n != organ.name):
             decisions[organ.name] = _alone(decisions[organ.name], organ.title.lower())
         if not decisions[organ.name].found:
-            kept[cleaned == organ.label] = BACKGROUND
+            kept[masks[organ.name]] = BACKGROUND
     return kept, decisions
 
 
