@@ -3,23 +3,25 @@ stage would place them, and a two-stage bundle that ``segment`` runs."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 
-from abdoseg_train import patches
+from abdoseg_train import coarse_prior, patches
 from abdoseg_train.cases import discover_cases
 from abdoseg_train.cli import main as train_main
 from abdoseg_train.fine_crops import MARGIN_RANGE, organ_crop
-from abdoseg_train.fit import TrainConfig, fit
+from abdoseg_train.fit import INPUT_WEIGHT, TrainConfig, _initial_weights, fit
 from abdoseg_train.prepared import PreparedCase
 from AbdoSegLib.cli import main as abdoseg
 from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.inference import fine_stage
 from AbdoSegLib.inference.predict import segment
 from AbdoSegLib.io.image_files import read_image
-from AbdoSegLib.model.bundle import load_bundle, save_bundle
+from AbdoSegLib.model.bundle import FineStage, load_bundle, save_bundle
 from AbdoSegLib.model.bundle_schema import TWO_STAGE_VERSION
 from AbdoSegLib.model.preprocessing import Preprocessing
 from AbdoSegLib.model.vnet import VNet
@@ -148,7 +150,8 @@ def test_a_second_stage_starts_only_from_a_network_with_its_architecture_and_hu_
     (["--stage", "fine", "--coarse", str(DEFAULT_BUNDLE), "--crop-margin", "-1"], "--crop-margin must lie between 0 and 100 mm"),
     (["--stage", "fine", "--coarse", str(DEFAULT_BUNDLE), "--localisation-error", "-2"], "--localisation-error must be 0 or more"),
     (["--fine-organs", "spleen"], "--fine-organs goes only with --stage fine"),
-], ids=["fine_without_coarse", "coarse_without_fine", "negative_margin", "negative_error", "organs_without_fine"])
+    (["--coarse-channel"], "--coarse-channel goes only with --stage fine"),
+], ids=["fine_without_coarse", "coarse_without_fine", "negative_margin", "negative_error", "organs_without_fine", "prior_without_fine"])
 def test_fine_stage_options_are_checked_before_any_work(tmp_path, capsys, arguments, phrase):
     (tmp_path / "maps").mkdir()
     code = train_main(["fit", "--synthetic", str(tmp_path / "maps"), "-o", str(tmp_path / "m.safetensors"), *arguments])
@@ -169,3 +172,91 @@ def test_negative_patches_are_drawn_for_the_first_stage_only_unless_asked(tmp_pa
     assert train_main(["fit", "--train", str(cases), "-o", str(tmp_path / "model.safetensors"), *stage]) == 0
     assert train_main(["fit", "--train", str(cases), "-o", str(tmp_path / "other.safetensors"), "--negative-fraction", "0.3", *stage]) == 0
     assert [config.negative_fraction for config in configs] == [expected, 0.3]
+
+
+def _sphere(radius_mm: float, spacing_mm: float, size: int) -> np.ndarray:
+    """A ball of ``radius_mm`` at the centre of a cube of ``size`` voxels of ``spacing_mm``."""
+    grid = (np.indices((size,) * 3) - (size - 1) / 2) * spacing_mm
+    return np.sqrt((grid**2).sum(axis=0)) <= radius_mm
+
+
+def test_the_simulated_first_stage_probability_is_the_organ_blurred_shifted_and_drawn_too_wide_or_narrow():
+    """A 25 mm ball on a 1.5 mm grid: the prior is high inside, -1 far outside, its 0.5 level near the surface but
+    different each time, and empty for no organ."""
+    mask = _sphere(25.0, 1.5, 64)
+    centre, far = _sphere(10.0, 1.5, 64), ~_sphere(45.0, 1.5, 64)  # 15 mm inside; 20 mm beyond the surface and more
+    dice = []
+    for seed in range(40):
+        prior = coarse_prior.simulated_prior(mask, 1.5, np.random.default_rng(seed)).numpy()
+        assert prior.shape == mask.shape and prior.dtype == np.float32 and prior.min() >= -1 and prior.max() <= 1
+        assert prior[centre].min() > 0.9
+        drawn = prior > 0
+        dice.append(2 * (drawn & mask).sum() / (drawn.sum() + mask.sum()))
+        if not (drawn & ~mask).sum() > 0.05 * mask.sum():  # no blob spilled: nothing far away
+            assert prior[far].max() == pytest.approx(-1.0, abs=1e-3)
+    assert min(dice) > 0.8 and np.std(dice) > 0.01
+    assert torch.equal(coarse_prior.simulated_prior(np.zeros((8, 8, 8), bool), 1.5, np.random.default_rng(0)), torch.full((8, 8, 8), -1.0))
+
+
+def test_a_spilled_blob_adds_probability_outside_the_organ_only(monkeypatch):
+    mask = _sphere(25.0, 1.5, 64)
+    for seed in range(5):
+        monkeypatch.setattr(coarse_prior, "SPILL_PROBABILITY", 0.0)
+        plain = coarse_prior.simulated_prior(mask, 1.5, np.random.default_rng(seed))
+        monkeypatch.setattr(coarse_prior, "SPILL_PROBABILITY", 1.0)
+        spilled = coarse_prior.simulated_prior(mask, 1.5, np.random.default_rng(seed))
+        assert torch.equal(spilled[mask], plain[mask]) and bool((spilled >= plain).all())
+        added = (spilled > 0) & ~(plain > 0)
+        assert added.sum() * 1.5**3 > 4 / 3 * np.pi * 2.5**3  # at least a ball of 2.5 mm (half the smallest semi-axis)
+
+
+def test_second_stage_patches_with_the_coarse_channel_carry_the_prior_of_the_organ_they_surround():
+    """A 20 mm ball of liver in a 96 mm cube of 2 mm voxels, cut to crops around it of 32 voxels."""
+    labels = torch.from_numpy(_sphere(20.0, 2.0, 48).astype(np.uint8))
+    case = PreparedCase("ball", torch.linspace(-1, 1, labels.numel()).reshape(labels.shape), labels, (1,), np.diag([2.0, 2.0, 2.0, 1.0]))
+    config = TrainConfig(spacing_mm=(2.0, 2.0, 2.0), **TINY, patch=(32, 32, 32), batch_size=4, stage="fine", coarse_channel=True,
+                         field_of_view_probability=0.0, negative_fraction=0.0)
+    images, labels, _ = next(iter(patches.PatchBatches([case], [], config, rank=0, epoch=1)))
+    assert images.shape == (4, 2, 32, 32, 32)
+    torch.testing.assert_close(images[:, :1], next(iter(patches.PatchBatches([case], [], dataclasses.replace(config, coarse_channel=False),
+                                                                              rank=0, epoch=1)))[0])  # the CT channel as without the prior
+    prior, liver = images[:, 1], labels == 1
+    assert liver.any() and prior[liver].mean() > 0.5 and prior[~liver].mean() < prior[liver].mean() - 0.5
+
+
+def test_a_second_stage_with_the_coarse_channel_starts_from_a_one_channel_network_and_trains_without_validation(tmp_path):
+    """The CT's input weights are kept and the prior's start at zero; a two-stage bundle starts it from its second
+    stage; validation cases are refused (its validation is the two-stage bundle's)."""
+    config = TrainConfig(spacing_mm=(2.5, 2.5, 2.5), **TINY, stage="fine", coarse_bundle=str(DEFAULT_BUNDLE), coarse_channel=True)
+    hu_window = load_bundle(DEFAULT_BUNDLE).preprocessing.hu_window
+    single = _first_stage_network(tmp_path, 5.0, hu_window)
+    state, model_id = _initial_weights(single, config)
+    source = load_bundle(single).network.state_dict()
+    assert state[INPUT_WEIGHT].shape[1] == 2 and model_id == load_bundle(single).model_id
+    assert torch.equal(state[INPUT_WEIGHT][:, :1], source[INPUT_WEIGHT]) and not state[INPUT_WEIGHT][:, 1:].any()
+    VNet(config.network_config).load_state_dict(state)
+
+    torch.manual_seed(6)
+    second = VNet(config.network_config)
+    two_stage = tmp_path / "two.safetensors"
+    save_bundle(two_stage, load_bundle(single).network, Preprocessing((5.0,) * 3, hu_window), (32, 32, 32), "tiny-two", "2026-12-01",
+                fine=FineStage(second, (2.5,) * 3, 10.0, (32, 32, 32), coarse_channel=True))
+    state, _ = _initial_weights(two_stage, config)
+    assert all(torch.equal(value, second.state_dict()[key]) for key, value in state.items())
+
+    cases = tmp_path / "cases"
+    case = _tiny_case(cases, "upper", (slice(20, 100), slice(10, 90), slice(50, 100)), ["liver", "spleen"])
+    with pytest.raises(AbdoSegError, match="validated as a two-stage bundle"):
+        fit(discover_cases(cases), discover_cases(cases), config, tmp_path / "m.safetensors", tmp_path / "run")
+    assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "run").exists()
+
+    torch.set_num_threads(2)
+    config = dataclasses.replace(config, patch=(32, 32, 32), inference_patch=(64, 64, 64), epochs=1, iterations_per_epoch=2,
+                                 learning_rate=1e-3, fine_organs=("liver", "spleen"), keep="last")
+    fit(discover_cases(cases), [], config, tmp_path / "m.safetensors", tmp_path / "run", init=single)
+    bundle = load_bundle(tmp_path / "m.safetensors")
+    assert bundle.fine.coarse_channel and bundle.fine.network.config.in_channels == 2
+    assert bundle.metadata["training"]["fine_stage"]["coarse_channel"] is True
+    ct = read_image(case / "ct.nii.gz")
+    prediction = segment(ct, bundle, device="cpu")
+    assert prediction.labels.same_grid(ct) and "fine" in prediction.timings_s

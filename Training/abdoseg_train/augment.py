@@ -39,12 +39,17 @@ def flip_left_right(image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return image, swapped
 
 
+def mirrored(label: int) -> int:
+    """An organ id after a left-right flip (the other kidney's; any other organ's own)."""
+    for right, left in LEFT_RIGHT_PAIRS:
+        if label in (right, left):
+            return left if label == right else right
+    return label
+
+
 def swap_labelled(labelled: tuple[int, ...]) -> tuple[int, ...]:
     """The labelled organ ids after a left-right flip."""
-    mapping = {}
-    for right, left in LEFT_RIGHT_PAIRS:
-        mapping[right], mapping[left] = left, right
-    return tuple(sorted(mapping.get(label, label) for label in labelled))
+    return tuple(sorted(mirrored(label) for label in labelled))
 
 
 def cut_field_of_view(image: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="with --stage fine: the organs it refines (default: all four); its crops surround only them")
     fit_parser.add_argument("--localisation-error", type=float, default=defaults.localisation_error_mm,
                             help="with --stage fine: SD in mm of the first stage's error at each face of an organ's box")
+    fit_parser.add_argument("--coarse-channel", action="store_true",
+                            help="with --stage fine: the network also reads the first stage's probability of the organ "
+                                 "(simulated from the reference in training; no --validate)")
     fit_parser.add_argument("--validate-every", type=int, default=defaults.validate_every, help="epochs between validations")
     fit_parser.add_argument("--keep", choices=("best", "last"), default=defaults.keep,
                             help="export the epoch best on validation, or the last one (validated, not selected)")
@@ -163,7 +166,7 @@ def run_fit(args: argparse.Namespace) -> None:
         lesion_probability=args.lesion_probability, organ_scaling_probability=args.organ_scaling_probability,
         colon_probability=args.colon_probability,
         stage=args.stage, coarse_bundle=str(args.coarse or ""), crop_margin_mm=args.crop_margin, localisation_error_mm=args.localisation_error,
-        fine_organs=tuple(name for name in ORGAN_NAMES if name in (args.fine_organs or ORGAN_NAMES)),
+        fine_organs=tuple(name for name in ORGAN_NAMES if name in (args.fine_organs or ORGAN_NAMES)), coarse_channel=args.coarse_channel,
     )
     best = fit(train, validation, config, args.output, args.workdir, args.cache, args.resume, args.init, synthetic)
     print(json.dumps({"model": str(args.output), "validation": {k: v for k, v in best.items() if k != "per_case"}}, indent=2))
@@ -246,15 +249,17 @@ def _add_variation_options(parser: argparse.ArgumentParser, defaults: TrainConfi
     parser.add_argument("--organ-scaling-probability", type=float, default=defaults.organ_scaling_probability,
                         help=f"of a {unit} with one organ grown (liver, spleen up to 1.5x) or shrunk (kidneys to 0.6x)")
     parser.add_argument("--colon-probability", type=float, default=defaults.colon_probability,
-                        help=f"of a {unit} that holds a kidney and no bowel, with a colon (labelled background) beside each kidney")
+                        help=f"of a {unit} that holds a kidney, with a colon (labelled background) beside each kidney "
+                             "whose map has no bowel of its own near it")
 
 
 def _check_stage(args: argparse.Namespace) -> None:
     """--coarse goes with --stage fine (and only there), with a margin and an error the bundle and the crops can have."""
     if (args.stage == "fine") != (args.coarse is not None):
         raise AbdoSegError("--stage fine needs --coarse BUNDLE (the first stage), and --coarse goes only with --stage fine.")
-    if args.fine_organs and args.stage != "fine":
-        raise AbdoSegError("--fine-organs goes only with --stage fine.")
+    for option, given in (("--fine-organs", args.fine_organs), ("--coarse-channel", args.coarse_channel)):
+        if given and args.stage != "fine":
+            raise AbdoSegError(f"{option} goes only with --stage fine.")
     if not 0 <= args.crop_margin <= MAX_CROP_MARGIN_MM:
         raise AbdoSegError(f"--crop-margin must lie between 0 and {MAX_CROP_MARGIN_MM:g} mm, not {args.crop_margin:g}.")
     if args.localisation_error < 0:

@@ -41,7 +41,7 @@ class TrainConfig:
     distractor_probability: float = DISTRACTOR_PROBABILITY  # of a synthetic patch with cysts/masses beside organs
     lesion_probability: float = LESION_PROBABILITY  # of a synthetic patch with lesions inside organs
     organ_scaling_probability: float = ORGAN_SCALING_PROBABILITY  # of a synthetic patch with an organ grown/shrunk
-    colon_probability: float = COLON_PROBABILITY  # of a synthetic patch with a kidney and no bowel, with a colon drawn
+    colon_probability: float = COLON_PROBABILITY  # of a synthetic patch with a kidney, with a colon drawn (``colon.py``)
     keep: str = "best"  # which network is exported: "best" on validation, or "last" (no selection)
     workers: int = 0  # processes that prepare cases and paint patches (0: the training process itself)
     seed: int = 0
@@ -59,6 +59,7 @@ class TrainConfig:
     crop_margin_mm: float = 20.0  # around the first stage's organ at inference; drawn from 0.5x to 1.5x in training
     fine_organs: tuple[str, ...] = tuple(ORGAN_NAMES)  # the organs the second stage refines; its crops surround only them
     localisation_error_mm: float = 5.0  # SD (mm) of the first stage's error at each face of an organ's box, about 2 of its 3 mm voxels
+    coarse_channel: bool = False  # the second stage also reads the first stage's probability of the organ (``coarse_prior.py``)
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -66,4 +67,5 @@ class TrainConfig:
 
     @property
     def network_config(self) -> VNetConfig:
-        return VNetConfig(width=self.width, depth=self.depth, kernel_size=self.kernel_size, convs_per_stage=tuple(self.convs_per_stage))
+        return VNetConfig(in_channels=2 if self.coarse_channel else 1, width=self.width, depth=self.depth, kernel_size=self.kernel_size,
+                          convs_per_stage=tuple(self.convs_per_stage))

@@ -7,6 +7,7 @@ A run writes into a work folder: ``checkpoint.pt`` (resumable, after every epoch
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import importlib.util
 import json
@@ -37,6 +38,7 @@ from .prepared import prepare
 from .validation import ValidationResult, validate
 
 CHECKPOINT_FILE = "checkpoint.pt"
+INPUT_WEIGHT = "input_conv.0.weight"  # (width, in_channels, k, k, k): the V-Net's first convolution
 
 
 def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Path, workdir: Path,
@@ -55,7 +57,8 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     ``config.stage`` "fine": the second stage, trained on crops around each organ (``fine_crops.py``)
     with the HU window of the first stage, the single-stage bundle ``config.coarse_bundle``, and
     exported with it as a two-stage bundle. Its validation runs the fine network alone over each
-    validation case.
+    validation case; with ``config.coarse_channel`` (the first stage's probability as a second input,
+    simulated in training by ``coarse_prior.py``) it has none: evaluate the exported bundle instead.
 
     Under torchrun every process trains on its own patches (DistributedDataParallel); the
     first process validates, logs, checkpoints and exports. Returns the validation record of
@@ -64,6 +67,9 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     _require_training_extra()
     _check_workdir(workdir, resume)
     if config.stage == "fine":
+        if config.coarse_channel and validation:
+            raise AbdoSegError("a second stage that reads the first stage's probability is validated as a two-stage bundle, "
+                               "not alone: train it without validation cases and measure the export with abdoseg-train evaluate.")
         coarse = _first_stage(config)
         config.hu_window, config.coarse_model = coarse.preprocessing.hu_window, coarse.model_id
     run = distributed.setup(resolve_device(config.device))
@@ -192,13 +198,26 @@ def _exported(config: TrainConfig, epoch: int, result: ValidationResult, best: d
 
 
 def _initial_weights(path: Path, config: TrainConfig) -> tuple[dict, str]:
-    """(state dict, model id) of a bundle that fits this run's architecture and preprocessing."""
+    """(state dict, model id) of a bundle that fits this run's architecture and preprocessing.
+
+    A second stage starts from a two-stage bundle's second stage, or from a single-stage bundle's network. A second
+    stage with ``coarse_channel`` may start from a network of one input channel: the CT's weights are kept and the
+    prior's start at zero, so that it first reads the CT alone (the input stage's residual adds the prior to half
+    of its channels, though).
+    """
     bundle = load_bundle(path)
-    same_input = (bundle.preprocessing.hu_window == config.preprocessing.hu_window if config.stage == "fine"
-                  else bundle.preprocessing == config.preprocessing)
-    if bundle.network.config != config.network_config or not same_input:
+    fine = config.stage == "fine"
+    network = bundle.fine.network if fine and bundle.fine is not None else bundle.network
+    same_input = bundle.preprocessing.hu_window == config.preprocessing.hu_window if fine else bundle.preprocessing == config.preprocessing
+    widened = fine and config.coarse_channel and network.config.in_channels == 1
+    wanted = dataclasses.replace(config.network_config, in_channels=1) if widened else config.network_config
+    if network.config != wanted or not same_input:
         raise AbdoSegError(f"{path} has another architecture or preprocessing than this run; start from it only with the same settings.")
-    return bundle.network.state_dict(), bundle.model_id
+    state = network.state_dict()
+    if widened:
+        weight = state[INPUT_WEIGHT]
+        state[INPUT_WEIGHT] = torch.cat([weight, torch.zeros_like(weight)], dim=1)
+    return state, bundle.model_id
 
 
 def export(network: VNet, config: TrainConfig, validation: dict, out: Path, log: list[dict], seconds: float, device: str,
@@ -219,7 +238,7 @@ def export(network: VNet, config: TrainConfig, validation: dict, out: Path, log:
         raise AbdoSegError(f"{config.coarse_bundle} is now {coarse.model_id}, not the first stage {config.coarse_model} that this "
                            "second stage was trained with; restore that file to export.")
     fine = FineStage(network.cpu(), tuple(config.spacing_mm), config.crop_margin_mm, tuple(config.inference_patch),
-                     organs=tuple(config.fine_organs))
+                     organs=tuple(config.fine_organs), coarse_channel=config.coarse_channel)
     return save_bundle(out, coarse.network, coarse.preprocessing, coarse.patch_size, config.name, today, overlap=coarse.overlap,
                        training=dict(coarse.metadata.get("training", {}), fine_stage=training),
                        validation=dict(coarse.metadata.get("validation", {}), fine_stage=validation), fine=fine, half=half)

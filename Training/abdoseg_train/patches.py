@@ -18,9 +18,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from AbdoSegLib.organs import organ_by_name
 
 from .anatomy import AnatomyCase
-from .augment import Augmenter
+from .augment import Augmenter, mirrored
+from .coarse_prior import simulated_prior
 from .config import TrainConfig
-from .draw import draw_case
+from .draw import NO_ORGAN, draw_case
 from .fine_crops import organ_crop
 from .losses import class_mask
 from .negatives import NegativeCentres
@@ -32,9 +33,10 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 class PatchBatches(IterableDataset):
     """An endless stream of batches for one epoch of one process.
 
-    Each batch: images (N, 1, X, Y, Z) float32, labels (N, X, Y, Z) int64 and the class mask
+    Each batch: images (N, K, X, Y, Z) float32, labels (N, X, Y, Z) int64 and the class mask
     (N, C) bool of the organs each patch labels (``losses.class_mask``); N = batch size,
-    (X, Y, Z) = the training patch.
+    (X, Y, Z) = the training patch; K = 1, or 2 for a second stage with ``coarse_channel`` (the CT and
+    a first stage's probability of the organ the crop surrounds, ``coarse_prior.py``).
     """
 
     def __init__(self, real: list[PreparedCase], synthetic: list[AnatomyCase], config: TrainConfig, rank: int, epoch: int):
@@ -48,8 +50,8 @@ class PatchBatches(IterableDataset):
     def __iter__(self) -> Iterator[Batch]:
         worker = get_worker_info()
         seeds = np.random.SeedSequence([self.config.seed, self.rank, self.epoch, worker.id if worker else 0])
-        draw_seed, augment_seed = seeds.generate_state(2)
-        rng = np.random.default_rng(draw_seed)
+        draw_seed, augment_seed, prior_seed = seeds.generate_state(3)  # the first two as before the prior existed
+        rng, prior_rng = np.random.default_rng(draw_seed), np.random.default_rng(prior_seed)
         # MONAI's random state takes a 32-bit seed, and the Augmenter uses seed + 1 as well.
         augment = Augmenter(self.config.patch, int(augment_seed) % (2**31), flip_probability=self.config.flip_probability,
                             spec=self.config.preprocessing, field_of_view_probability=self.config.field_of_view_probability,
@@ -59,10 +61,30 @@ class PatchBatches(IterableDataset):
                             colon_probability=self.config.colon_probability,
                             negatives=self.negatives)
         while True:
-            samples = [augment(*self._draw(rng)) for _ in range(self.config.batch_size)]
+            samples = [self._sample(augment, rng, prior_rng) for _ in range(self.config.batch_size)]
             yield (torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples]),
                    class_mask([s[2] for s in samples]))
 
+    def _sample(self, augment: Augmenter, rng: np.random.Generator,
+                prior_rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+        """One augmented patch (``Augmenter``), with the prior channel of the organ it surrounds when the config asks
+        (drawn from its own generator: the patches are those of a run without it)."""
+        case, organ = self._draw(rng)
+        image, labels, labelled = augment(case, organ)
+        if self.config.coarse_channel:
+            image = torch.cat([image, self._prior(labels, organ, prior_rng)[None]])
+        return image, labels, labelled
+
+    def _prior(self, labels: torch.Tensor, organ: int | None, rng: np.random.Generator) -> torch.Tensor:
+        """The simulated first-stage probability (X, Y, Z) of ``organ`` in a patch's labels (of its mirror
+        image when the patch was flipped left-right); empty for a patch centred on no organ."""
+        if organ in (None, NO_ORGAN):
+            mask = np.zeros(labels.shape, dtype=bool)
+        else:
+            if organ not in labels and mirrored(organ) in labels:
+                organ = mirrored(organ)
+            mask = (labels == organ).numpy()
+        return simulated_prior(mask, float(self.config.spacing_mm[0]), rng)
 
     def _draw(self, rng: np.random.Generator) -> tuple[PreparedCase | AnatomyCase, int | None]:
         """A case and the organ to centre on; for the second stage the case is cut to a crop around the organ."""
