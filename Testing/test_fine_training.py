@@ -226,7 +226,8 @@ def test_second_stage_patches_with_the_coarse_channel_carry_the_prior_of_the_org
 
 def test_a_second_stage_with_the_coarse_channel_starts_from_a_one_channel_network_and_trains_without_validation(tmp_path):
     """The CT's input weights are kept and the prior's start at zero; a two-stage bundle starts it from its second
-    stage; validation cases are refused (its validation is the two-stage bundle's)."""
+    stage; validation cases are refused (its validation is the two-stage bundle's); a two-stage bundle given as the
+    first stage has its second stage and that stage's records replaced."""
     config = TrainConfig(spacing_mm=(2.5, 2.5, 2.5), **TINY, stage="fine", coarse_bundle=str(DEFAULT_BUNDLE), coarse_channel=True)
     hu_window = load_bundle(DEFAULT_BUNDLE).preprocessing.hu_window
     single = _first_stage_network(tmp_path, 5.0, hu_window)
@@ -237,10 +238,11 @@ def test_a_second_stage_with_the_coarse_channel_starts_from_a_one_channel_networ
     VNet(config.network_config).load_state_dict(state)
 
     torch.manual_seed(6)
-    second = VNet(config.network_config)
+    second, default = VNet(config.network_config), load_bundle(DEFAULT_BUNDLE)
     two_stage = tmp_path / "two.safetensors"
-    save_bundle(two_stage, load_bundle(single).network, Preprocessing((5.0,) * 3, hu_window), (32, 32, 32), "tiny-two", "2026-12-01",
-                fine=FineStage(second, (2.5,) * 3, 10.0, (32, 32, 32), coarse_channel=True))
+    save_bundle(two_stage, default.network, default.preprocessing, default.patch_size, "default-two", "2026-12-01",
+                training=default.metadata["training"], validation=dict(default.metadata["validation"], fine_stage={"earlier": True}),
+                fine=FineStage(second, (2.5,) * 3, 10.0, (32, 32, 32), organs=("liver",), coarse_channel=True))
     state, _ = _initial_weights(two_stage, config)
     assert all(torch.equal(value, second.state_dict()[key]) for key, value in state.items())
 
@@ -251,12 +253,15 @@ def test_a_second_stage_with_the_coarse_channel_starts_from_a_one_channel_networ
     assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "run").exists()
 
     torch.set_num_threads(2)
-    config = dataclasses.replace(config, patch=(32, 32, 32), inference_patch=(64, 64, 64), epochs=1, iterations_per_epoch=2,
-                                 learning_rate=1e-3, fine_organs=("liver", "spleen"), keep="last")
+    config = dataclasses.replace(config, coarse_bundle=str(two_stage), patch=(32, 32, 32), inference_patch=(64, 64, 64), epochs=1,
+                                 iterations_per_epoch=2, learning_rate=1e-3, fine_organs=("liver", "spleen"), keep="last")
     fit(discover_cases(cases), [], config, tmp_path / "m.safetensors", tmp_path / "run", init=single)
     bundle = load_bundle(tmp_path / "m.safetensors")
-    assert bundle.fine.coarse_channel and bundle.fine.network.config.in_channels == 2
+    assert bundle.fine.coarse_channel and bundle.fine.network.config.in_channels == 2 and bundle.fine.organs == ("liver", "spleen")
+    assert all(torch.equal(value, default.network.state_dict()[key]) for key, value in bundle.network.state_dict().items())
     assert bundle.metadata["training"]["fine_stage"]["coarse_channel"] is True
+    assert bundle.metadata["training"]["fine_stage"]["coarse_model"] == load_bundle(two_stage).model_id
+    assert "earlier" not in bundle.metadata["validation"]["fine_stage"]  # the first stage's second stage is replaced
     ct = read_image(case / "ct.nii.gz")
     prediction = segment(ct, bundle, device="cpu")
     assert prediction.labels.same_grid(ct) and "fine" in prediction.timings_s

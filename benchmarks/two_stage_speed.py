@@ -4,12 +4,12 @@
                                                    [--two-stage BUNDLE] [--threads 2] [--repeat 1] [--device cpu|cuda]
 
 The CT is the one of ``pipeline_speed.py`` (the sample resampled onto 512x512x200 voxels of
-0.8 x 0.8 x 1.5 mm). The two-stage bundle is ``--model`` (default: the bundled model) with a second
-stage of the default V-Net architecture (``VNetConfig()``) and random weights: time does not depend
+0.8 x 0.8 x 1.5 mm). A two-stage bundle (``--two-stage``, or a two-stage ``--model`` such as the bundled
+default) is timed against its own first stage. A single-stage ``--model`` is timed against itself with a
+second stage of the default V-Net architecture (``VNetConfig()``) and random weights: time does not depend
 on them, and the trained first stage finds the organs whose crops the second stage runs over
 (``inference/fine_stage.py``: the organ's box plus ``crop_margin_mm``, here TrainConfig's default), for the
-organs of ``--fine-organs``. With ``--two-stage``, a trained two-stage bundle is timed instead, against its own
-first stage.
+organs of ``--fine-organs``.
 ``segment`` runs in this process on the CT already read (no reading or writing); the table gives the
 median over ``--repeat`` runs of each stage of ``Prediction.timings_s``.
 
@@ -53,7 +53,8 @@ def two_stage_bundle(model: Path, fine_spacing: float, organs: tuple[str, ...], 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_BUNDLE, help="single-stage bundle (the first stage)")
+    parser.add_argument("--model", type=Path, default=DEFAULT_BUNDLE, help="the bundle to time: a two-stage one against its first stage, "
+                        "a single-stage one with a random second stage")
     parser.add_argument("--fine-spacing", type=float, default=1.5, help="the second stage's voxel size in mm")
     parser.add_argument("--fine-organs", nargs="+", choices=ORGAN_NAMES, default=ORGAN_NAMES, help="the organs the second stage refines")
     parser.add_argument("--two-stage", type=Path, default=None, help="a trained two-stage bundle to time (instead of a random second stage)")
@@ -63,11 +64,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ct = read_image(build_test_ct(SAMPLE_CT))
-    if args.two_stage:
-        trained = load_bundle(args.two_stage)
-        if trained.fine is None:
-            raise SystemExit(f"{args.two_stage} has no second stage.")
+    trained = load_bundle(args.two_stage or args.model)
+    if trained.fine is not None:
         bundles, weights = (dataclasses.replace(trained, fine=None), trained), "trained"
+    elif args.two_stage:
+        raise SystemExit(f"{args.two_stage} has no second stage.")
     else:
         with tempfile.TemporaryDirectory() as folder:
             bundles, weights = two_stage_bundle(args.model, args.fine_spacing, tuple(args.fine_organs), Path(folder)), "random"

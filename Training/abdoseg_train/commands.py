@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit_parser.add_argument("--stage", choices=("coarse", "fine"), default=defaults.stage,
                             help="coarse: a single-stage model; fine: a second stage that refines each organ of --coarse in a crop around it")
     fit_parser.add_argument("--coarse", type=Path, default=None,
-                            help="with --stage fine: the single-stage bundle to refine; the output holds both stages")
+                            help="with --stage fine: the bundle whose first stage to refine (a two-stage bundle's second stage is replaced); "
+                                 "the output holds both stages")
     fit_parser.add_argument("--crop-margin", type=float, default=defaults.crop_margin_mm,
                             help="with --stage fine: mm around the first stage's organ in the crop (drawn from 0.5x to 1.5x in training)")
     fit_parser.add_argument("--fine-organs", nargs="+", choices=ORGAN_NAMES, default=None,

@@ -55,7 +55,7 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     window; a first stage's network, which knows CT at its coarser spacing, may start it).
 
     ``config.stage`` "fine": the second stage, trained on crops around each organ (``fine_crops.py``)
-    with the HU window of the first stage, the single-stage bundle ``config.coarse_bundle``, and
+    with the HU window of the first stage of the bundle ``config.coarse_bundle``, and
     exported with it as a two-stage bundle. Its validation runs the fine network alone over each
     validation case; with ``config.coarse_channel`` (the first stage's probability as a second input,
     simulated in training by ``coarse_prior.py``) it has none: evaluate the exported bundle instead.
@@ -245,8 +245,6 @@ def export(network: VNet, config: TrainConfig, validation: dict, out: Path, log:
 
 
 def _first_stage(config: TrainConfig) -> ModelBundle:
-    """The single-stage bundle that a second stage is trained for."""
-    coarse = load_bundle(config.coarse_bundle)
-    if coarse.fine is not None:
-        raise AbdoSegError(f"{config.coarse_bundle} already has a second stage; give the single-stage bundle it was made from.")
-    return coarse
+    """The bundle whose first stage a second stage is trained for: a single-stage bundle, or a two-stage one
+    whose second stage (and its ``fine_stage`` records) the new one replaces at the export."""
+    return load_bundle(config.coarse_bundle)
