@@ -31,7 +31,7 @@ from pipeline_speed import build_test_ct
 from abdoseg_train.config import TrainConfig
 from AbdoSegLib.inference.predict import segment
 from AbdoSegLib.io.image_files import read_image
-from AbdoSegLib.model.bundle import FineStage, load_bundle, save_bundle
+from AbdoSegLib.model.bundle import FineStage, ModelBundle, load_bundle, save_bundle
 from AbdoSegLib.model.vnet import VNet, VNetConfig
 from AbdoSegLib.organs import ORGAN_NAMES
 from AbdoSegLib.resources import DEFAULT_BUNDLE, SAMPLE_CT
@@ -39,9 +39,9 @@ from AbdoSegLib.resources import DEFAULT_BUNDLE, SAMPLE_CT
 STAGES = ("preprocess", "inference", "postprocess", "fine", "mirror_check")
 
 
-def two_stage_bundle(model: Path, fine_spacing: float, organs: tuple[str, ...], folder: Path):
-    """``model`` with a random second stage of the default architecture refining ``organs``, written to ``folder`` and loaded."""
-    coarse = load_bundle(model)
+def two_stage_bundle(coarse: ModelBundle, fine_spacing: float, organs: tuple[str, ...], folder: Path):
+    """The single-stage bundle ``coarse`` with a random second stage of the default architecture refining ``organs``,
+    written to ``folder`` and loaded."""
     defaults = TrainConfig()
     torch.manual_seed(0)
     fine = FineStage(VNet(VNetConfig()), (fine_spacing,) * 3, defaults.crop_margin_mm, defaults.inference_patch, organs=organs)
@@ -64,14 +64,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ct = read_image(build_test_ct(SAMPLE_CT))
-    trained = load_bundle(args.two_stage or args.model)
-    if trained.fine is not None:
-        bundles, weights = (dataclasses.replace(trained, fine=None), trained), "trained"
+    given = load_bundle(args.two_stage or args.model)
+    if given.fine is not None:
+        bundles, weights = (dataclasses.replace(given, fine=None), given), "trained"
     elif args.two_stage:
         raise SystemExit(f"{args.two_stage} has no second stage.")
     else:
         with tempfile.TemporaryDirectory() as folder:
-            bundles, weights = two_stage_bundle(args.model, args.fine_spacing, tuple(args.fine_organs), Path(folder)), "random"
+            bundles, weights = two_stage_bundle(given, args.fine_spacing, tuple(args.fine_organs), Path(folder)), "random"
     fine = bundles[1].fine
     print(f"CT 512x512x200 of 0.8x0.8x1.5 mm; {bundles[1].model_id}; second stage {min(fine.spacing_mm):g} mm, width "
           f"{fine.network.config.width}, {weights} weights, crop margin {fine.crop_margin_mm:g} mm, window {'x'.join(map(str, fine.patch_size))}; "

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from AbdoSegLib.inference.fine_stage import prior_channel
+
 COARSE_VOXEL_MM = 3.0  # the first stage's voxel, whose blur the prior carries
 SHIFT_MM = 1.5  # SD of the prior's offset from the reference along each axis
 SPILL_PROBABILITY = 0.3  # of a prior with a blob beside the organ
@@ -30,7 +32,7 @@ def simulated_prior(mask: np.ndarray, spacing_mm: float, rng: np.random.Generato
     """A first stage's probability of the organ in ``mask`` (X, Y, Z) bool on an isotropic grid of ``spacing_mm``,
     as a (X, Y, Z) float32 tensor scaled to [-1, 1] as the CT channel is (probability 0 -> -1, 1 -> 1)."""
     if not mask.any():
-        return torch.full(mask.shape, -1.0)
+        return prior_channel(torch.zeros(mask.shape))
     voxel = COARSE_VOXEL_MM / spacing_mm  # first-stage voxels in fine voxels
     blurred = ndimage.gaussian_filter(mask.astype(np.float32), sigma=rng.uniform(0.5, 1.5) * voxel)
     threshold, slope = rng.uniform(0.25, 0.75), rng.uniform(8.0, 30.0)
@@ -39,7 +41,7 @@ def simulated_prior(mask: np.ndarray, spacing_mm: float, rng: np.random.Generato
     probability = ndimage.shift(probability, rng.normal(0.0, SHIFT_MM / spacing_mm, 3), order=1, mode="constant", cval=0.0)
     if rng.random() < SPILL_PROBABILITY:
         probability = np.maximum(probability, _spill(mask, spacing_mm, rng))
-    return torch.from_numpy(np.clip(probability, 0.0, 1.0).astype(np.float32) * 2 - 1)
+    return torch.from_numpy(prior_channel(np.clip(probability, 0.0, 1.0).astype(np.float32)))
 
 
 def _logistic(value, threshold: float, slope: float):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from presence_table import crop
 
+from AbdoSegLib.analysis.metrics import dice
 from AbdoSegLib.inference.predict import segment
 from AbdoSegLib.io.image_files import read_image
 from AbdoSegLib.model.bundle import load_bundle
@@ -42,10 +43,9 @@ def cut_rows(name: str, ct, reference, labelled: tuple[int, ...], cuts: tuple[st
             in_view = truth.sum() * truth_image.voxel_volume_ml
             if organ.label not in labelled or in_view < MIN_ML:
                 continue
-            drawn = prediction.labels.array == organ.label
-            dice = 2 * (truth & drawn).sum() / (truth.sum() + drawn.sum())
-            dices.append(float(dice))
-            print(f"| {name} {spec} | {organ.name} | {in_view:.0f} | {prediction.presence[organ.name].status} | {dice:.3f} |")
+            score = dice(prediction.labels.array == organ.label, truth)  # never None: the organ is in view
+            dices.append(score)
+            print(f"| {name} {spec} | {organ.name} | {in_view:.0f} | {prediction.presence[organ.name].status} | {score:.3f} |")
     return dices
 
 

@@ -103,4 +103,10 @@ def coarse_prior(probability: torch.Tensor, coarse_grid: ModelGrid, grid: ModelG
     for axis in range(3):
         canonical_index = grid.canonical_coordinates(axis, np.arange(grid.shape[axis])) + start[axis]
         value = lerp_axis(value, axis, coarse_grid.model_coordinates(axis, canonical_index))
-    return value * 2 - 1
+    return prior_channel(value)
+
+
+def prior_channel(probability):
+    """A probability (array or tensor, values in [0, 1]) scaled to [-1, 1] as the CT channel is: the second input
+    of a second stage with ``coarse_channel``, at inference and in training."""
+    return probability * 2 - 1
