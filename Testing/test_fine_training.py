@@ -210,6 +210,21 @@ def test_a_spilled_blob_adds_probability_outside_the_organ_only(monkeypatch):
         assert added.sum() * 1.5**3 > 4 / 3 * np.pi * 2.5**3  # at least a ball of 2.5 mm (half the smallest semi-axis)
 
 
+def test_a_spilled_tail_is_the_blob_drawn_long_along_one_axis(monkeypatch):
+    """With the same draws, a tail covers its blob and reaches at least TAIL_RADIUS_MM's low end (20 mm) along an axis."""
+    mask = _sphere(25.0, 1.5, 96)
+    monkeypatch.setattr(coarse_prior, "SPILL_PROBABILITY", 1.0)
+    for seed in range(5):
+        monkeypatch.setattr(coarse_prior, "TAIL_SHARE", 0.0)
+        blob = coarse_prior.simulated_prior(mask, 1.5, np.random.default_rng(seed))
+        monkeypatch.setattr(coarse_prior, "TAIL_SHARE", 1.0)
+        tail = coarse_prior.simulated_prior(mask, 1.5, np.random.default_rng(seed))
+        assert bool((tail >= blob).all()) and torch.equal(tail[mask], blob[mask])
+        added = ((tail > -1) & ~torch.from_numpy(mask)).numpy()
+        extents = [np.ptp(np.flatnonzero(added.any(axis=tuple(a for a in range(3) if a != axis)))) * 1.5 for axis in range(3)]
+        assert max(extents) >= coarse_prior.TAIL_RADIUS_MM[0] and added.sum() > ((blob > -1) & ~torch.from_numpy(mask)).sum()
+
+
 def test_second_stage_patches_with_the_coarse_channel_carry_the_prior_of_the_organ_they_surround():
     """A 20 mm ball of liver in a 96 mm cube of 2 mm voxels, cut to crops around it of 32 voxels."""
     labels = torch.from_numpy(_sphere(20.0, 2.0, 48).astype(np.uint8))

@@ -11,7 +11,8 @@ those on real CT; the patch's reference mask is degraded instead, as a 3 mm netw
 - shifted by a normal error of ``SHIFT_MM`` along each axis,
 - and, with ``SPILL_PROBABILITY``, a blob of probability spilled beside the organ where the reference says
   background (a neighbour drawn as the organ, such as a colon loop by a kidney), which the fine network
-  must learn to reject from the CT.
+  must learn to reject from the CT; in ``TAIL_SHARE`` of them the blob is a tail, long along one axis (the
+  first stage's over-drawn tail: a kidney's pole running 45 mm down along the structure below it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ COARSE_VOXEL_MM = 3.0  # the first stage's voxel, whose blur the prior carries
 SHIFT_MM = 1.5  # SD of the prior's offset from the reference along each axis
 SPILL_PROBABILITY = 0.3  # of a prior with a blob beside the organ
 SPILL_RADIUS_MM = (5.0, 15.0)  # the blob's semi-axes
+TAIL_SHARE = 0.5  # of the blobs that are tails
+TAIL_RADIUS_MM = (20.0, 45.0)  # a tail's long semi-axis
 
 
 def simulated_prior(mask: np.ndarray, spacing_mm: float, rng: np.random.Generator) -> torch.Tensor:
@@ -50,10 +53,14 @@ def _logistic(value, threshold: float, slope: float):
 
 
 def _spill(mask: np.ndarray, spacing_mm: float, rng: np.random.Generator) -> np.ndarray:
-    """A soft ellipsoid (X, Y, Z) in [0, 1] centred on a random surface voxel of ``mask``, lying mostly outside it."""
+    """A soft ellipsoid (X, Y, Z) in [0, 1] centred on a random surface voxel of ``mask``, lying mostly outside it;
+    a tail (``TAIL_SHARE``) has one semi-axis, along a random axis, of ``TAIL_RADIUS_MM``."""
     surface = np.argwhere(mask & ~ndimage.binary_erosion(mask))
     centre = surface[rng.integers(len(surface))]
-    radii = rng.uniform(*SPILL_RADIUS_MM, 3) / spacing_mm
+    radii = rng.uniform(*SPILL_RADIUS_MM, 3)
+    if rng.random() < TAIL_SHARE:
+        radii[rng.integers(3)] = rng.uniform(*TAIL_RADIUS_MM)
+    radii = radii / spacing_mm
     grids = np.ogrid[tuple(slice(0, n) for n in mask.shape)]
     distance = np.sqrt(sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii)))
     return np.clip(2.0 * (1.0 - distance), 0.0, 1.0) * ~mask  # 1 within half the semi-axes, 0 beyond them
