@@ -25,7 +25,7 @@ from abdoseg_train.cases import discover_cases
 from abdoseg_train.checkpoint import load_checkpoint, save_checkpoint
 from abdoseg_train.cli import main as train_main
 from abdoseg_train.draw import NO_ORGAN, draw_case
-from abdoseg_train.evaluation import score_cases
+from abdoseg_train.evaluation import organ_table, score_cases
 from abdoseg_train.fit import TrainConfig, fit
 from abdoseg_train.losses import class_mask, marginal_probabilities, partial_dice_ce_loss
 from abdoseg_train.negatives import NegativeCentres
@@ -281,6 +281,20 @@ def test_evaluate_prints_a_per_organ_table(tiny_dataset, tmp_path):
     scores = json.loads((tmp_path / "eval.json").read_text())
     assert set(scores["val"]) == {"liver", "spleen"}
     assert 0.0 <= scores["val"]["liver"]["dice"] <= 1.0
+
+
+def test_the_evaluation_table_counts_each_outcome_and_averages_what_is_defined():
+    """Liver: found once, rightly absent once, missed once, drawn where absent once; the spleen only rightly absent."""
+    inf = float("inf")
+    found = {"status": "compared", "dice": 0.9, "hd95": 2.0, "assd": 1.0, "nsd": 0.8}
+    absent = {"status": "both_empty", "dice": None, "hd95": None, "assd": None, "nsd": None}
+    missed = {"status": "prediction_empty", "dice": 0.0, "hd95": inf, "assd": inf, "nsd": 0.0}
+    false = {"status": "reference_empty", "dice": 0.0, "hd95": inf, "assd": inf, "nsd": 0.0}
+    results = {"a": {"liver": found, "spleen": absent}, "b": {"liver": absent}, "c": {"liver": missed}, "d": {"liver": false}}
+    lines = organ_table(results).splitlines()
+    assert lines[0] == "| organ | cases | found | absent | missed | false | dice | hd95 | assd | nsd |"
+    assert lines[2:] == ["| liver | 4 | 1 | 1 | 1 | 1 | 0.450 | 2.000 | 1.000 | 0.400 |",
+                         "| spleen | 1 | 0 | 1 | 0 | 0 | - | - | - | - |"]
 
 
 def test_distributed_training_with_two_cpu_processes(tiny_dataset, tmp_path):

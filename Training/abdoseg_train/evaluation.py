@@ -6,13 +6,12 @@ compares on each case's own CT grid, as a user of ``abdoseg segment`` would see 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
 
 from AbdoSegLib.analysis.ctcheck import check_ct
-from AbdoSegLib.analysis.metrics import compare_labelmaps
+from AbdoSegLib.analysis.metrics import BOTH_EMPTY, COMPARED, PREDICTION_EMPTY, REFERENCE_EMPTY, compare_labelmaps
 from AbdoSegLib.image import Image
 from AbdoSegLib.inference.predict import segment
 from AbdoSegLib.io.image_files import read_image
@@ -23,6 +22,7 @@ from AbdoSegLib.organs import ORGANS
 from .cases import Case
 
 METRICS = ("dice", "hd95", "assd", "nsd")
+OVERLAP_METRICS = ("dice", "nsd")  # defined (0) for a missed organ; the distances are not
 
 
 def evaluate(bundle: ModelBundle, cases: list[Case], device: str = "auto") -> dict[str, dict[str, dict]]:
@@ -48,18 +48,23 @@ def score_cases(cases: list[Case], segmenter: Callable[[Image], Image]) -> dict[
 
 
 def organ_table(results: dict[str, dict[str, dict]]) -> str:
-    """Markdown table: per organ, mean (and the number of cases) of each metric."""
-    lines = ["| organ | cases | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    """Markdown table, one row per organ: how many cases label it; of those, how many drew it where the reference has it
+    (found), drew nothing where it has none (absent: right), drew nothing where it has it (missed) and drew it where it has
+    none (false); mean Dice and NSD over the cases whose reference has it (a miss scores 0), mean HD95 and ASSD (mm) over
+    the found ones ("-": no such case)."""
+    lines = ["| organ | cases | found | absent | missed | false | " + " | ".join(METRICS) + " |", "|---|---|---|---|---|---|" + "---|" * len(METRICS)]
     for organ in ORGANS:
         rows = [scores[organ.name] for scores in results.values() if organ.name in scores]
         if not rows:
             continue
-        cells = []
-        for metric in METRICS:
-            values = [row[metric] for row in rows]
-            if any(v is None or not math.isfinite(v) for v in values):
-                cells.append("missed" if any(v is not None and not math.isfinite(v) for v in values) else "-")
-            else:
-                cells.append(f"{np.mean(values):.3f}")
-        lines.append(f"| {organ.name} | {len(rows)} | " + " | ".join(cells) + " |")
+        counts = [sum(row["status"] == status for row in rows) for status in (COMPARED, BOTH_EMPTY, PREDICTION_EMPTY, REFERENCE_EMPTY)]
+        in_reference = [row for row in rows if row["status"] in (COMPARED, PREDICTION_EMPTY)]
+        found = [row for row in rows if row["status"] == COMPARED]
+        cells = [_mean(in_reference if metric in OVERLAP_METRICS else found, metric) for metric in METRICS]
+        lines.append(f"| {organ.name} | {len(rows)} | " + " | ".join(map(str, counts)) + " | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _mean(rows: list[dict], metric: str) -> str:
+    """The mean of ``metric`` over ``rows`` to three decimals, "-" for no rows."""
+    return f"{np.mean([row[metric] for row in rows]):.3f}" if rows else "-"
