@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from AbdoSegLib.errors import AbdoSegError
 from AbdoSegLib.inference.predict import resolve_device
-from AbdoSegLib.model.bundle import FineStage, ModelBundle, load_bundle, save_bundle
+from AbdoSegLib.model.bundle import FineStage, load_bundle, save_bundle
 from AbdoSegLib.model.vnet import VNet
 
 from . import distributed
@@ -70,7 +70,7 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
         if config.coarse_channel and validation:
             raise AbdoSegError("a second stage that reads the first stage's probability is validated as a two-stage bundle, "
                                "not alone: train it without validation cases and measure the export with abdoseg-train evaluate.")
-        coarse = _first_stage(config)
+        coarse = load_bundle(config.coarse_bundle)
         config.hu_window, config.coarse_model = coarse.preprocessing.hu_window, coarse.model_id
     run = distributed.setup(resolve_device(config.device))
     torch.manual_seed(config.seed + run.rank)
@@ -225,7 +225,8 @@ def export(network: VNet, config: TrainConfig, validation: dict, out: Path, log:
     """Write ``network`` as a model bundle with the run's provenance; returns its SHA-256. ``half``: float16 weights.
 
     A second stage is written with its first stage (``config.coarse_bundle``, which must be the file it was
-    trained with), whose training and validation records stay at the top and gain a ``fine_stage`` entry.
+    trained with), whose training and validation records stay at the top and gain a ``fine_stage`` entry; a
+    two-stage ``coarse_bundle`` has its second stage and that entry replaced.
     """
     training = json.loads(json.dumps(dict(asdict(config), seconds=round(seconds, 1), device=device, torch=torch.__version__, log=log)))
     validation = json.loads(json.dumps(validation))
@@ -233,7 +234,7 @@ def export(network: VNet, config: TrainConfig, validation: dict, out: Path, log:
     if config.stage != "fine":
         return save_bundle(out, network.cpu(), config.preprocessing, config.inference_patch, config.name, today,
                            training=training, validation=validation, half=half)
-    coarse = _first_stage(config)
+    coarse = load_bundle(config.coarse_bundle)
     if coarse.model_id != config.coarse_model:
         raise AbdoSegError(f"{config.coarse_bundle} is now {coarse.model_id}, not the first stage {config.coarse_model} that this "
                            "second stage was trained with; restore that file to export.")
@@ -242,9 +243,3 @@ def export(network: VNet, config: TrainConfig, validation: dict, out: Path, log:
     return save_bundle(out, coarse.network, coarse.preprocessing, coarse.patch_size, config.name, today, overlap=coarse.overlap,
                        training=dict(coarse.metadata.get("training", {}), fine_stage=training),
                        validation=dict(coarse.metadata.get("validation", {}), fine_stage=validation), fine=fine, half=half)
-
-
-def _first_stage(config: TrainConfig) -> ModelBundle:
-    """The bundle whose first stage a second stage is trained for: a single-stage bundle, or a two-stage one
-    whose second stage (and its ``fine_stage`` records) the new one replaces at the export."""
-    return load_bundle(config.coarse_bundle)
