@@ -13,7 +13,7 @@ from safetensors import safe_open
 from abdoseg_train import coarse_prior, patches
 from abdoseg_train.cases import discover_cases
 from abdoseg_train.cli import main as train_main
-from abdoseg_train.fine_crops import MARGIN_RANGE, organ_crop
+from abdoseg_train.fine_crops import MARGIN_RANGE, organ_crop, window_centre
 from abdoseg_train.fit import INPUT_WEIGHT, TrainConfig, _initial_weights, fit
 from abdoseg_train.prepared import PreparedCase
 from AbdoSegLib.cli import main as abdoseg
@@ -67,6 +67,30 @@ def test_localisation_errors_move_each_face_of_the_crop():
     assert organ_crop(case, None, 10.0, 6.0, rng) is case and organ_crop(case, 4, 10.0, 6.0, rng) is case  # no organ: the whole case
 
 
+def test_a_crop_whose_scan_ends_in_the_organ_keeps_organ_voxels_on_both_sides_of_the_moved_face():
+    case, rng = _case(), np.random.default_rng(2)
+    whole = organ_crop(case, 1, 0.0, 0.0, np.random.default_rng(2))  # the organ's own box: x 5-14, y 10-19, z 0-9
+    assert whole.labels.shape == (10, 10, 10)
+    moved = {0: 0, 1: 0, 2: 0}
+    for _ in range(300):
+        cut = organ_crop(case, 1, 0.0, 0.0, rng, scan_edge_probability=1.0)
+        shorter = [axis for axis in range(3) if cut.labels.shape[axis] < 10]
+        assert len(shorter) == 1 and 2 <= cut.labels.shape[shorter[0]] <= 8  # 20-80 % of the organ's 10 voxels
+        assert torch.all(cut.labels == 1)  # the crop holds only organ: the scan ends inside it
+        moved[shorter[0]] += 1
+    assert moved[2] > moved[0] + moved[1]  # axial ends two times in three
+
+
+def test_a_patch_lies_on_its_crop_as_an_inference_window_does():
+    rng = np.random.default_rng(3)
+    # 61 voxels along x fit in the 80-voxel patch: centred, 9 voxels of padding before as sliding_window pads
+    # (19 // 2); 200 along y: one of the window starts 0, 60, 120 (stride 60), each window at start + 40.
+    centres = np.array([window_centre((61, 200, 80), (80, 80, 80), 0.25, rng) for _ in range(300)])
+    assert set(centres[:, 0]) == {40 - 9} and set(centres[:, 1]) == {40, 100, 160} and set(centres[:, 2]) == {40}
+    # the crop's faces at the windows' faces: the first window starts at 0, the last ends at 200
+    assert centres[:, 1].min() - 40 == 0 and centres[:, 1].max() + 40 == 200
+
+
 TINY = dict(width=4, depth=2, convs_per_stage=(1, 1, 1))
 
 
@@ -99,7 +123,8 @@ def test_smoke_fine_stage_training_exports_a_two_stage_bundle_that_segment_runs(
     assert bundle.metadata["format_version"] == TWO_STAGE_VERSION
     assert all(torch.equal(value, coarse.network.state_dict()[key]) for key, value in bundle.network.state_dict().items())
     assert bundle.preprocessing == coarse.preprocessing and bundle.patch_size == coarse.patch_size
-    assert (bundle.fine.spacing_mm, bundle.fine.crop_margin_mm, bundle.fine.patch_size) == ((2.5, 2.5, 2.5), 15.0, (64, 64, 64))
+    # its windows are its training patch (32), not the first stage's inference patch (64)
+    assert (bundle.fine.spacing_mm, bundle.fine.crop_margin_mm, bundle.fine.patch_size) == ((2.5, 2.5, 2.5), 15.0, (32, 32, 32))
     record = bundle.metadata["training"]
     assert record["flip_probability"] == coarse.metadata["training"]["flip_probability"]  # the first stage's record stays on top
     assert record["fine_stage"]["coarse_model"] == coarse.model_id and record["fine_stage"]["hu_window"] == list(coarse.preprocessing.hu_window)

@@ -179,20 +179,26 @@ class Augmenter:
         far = self.negatives(case)
         return far[self.rng.integers(len(far))]
 
-    def __call__(self, case: PreparedCase | AnatomyCase, organ: int | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+    def __call__(self, case: PreparedCase | AnatomyCase, organ: int | None = None,
+                 centre: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
         """-> image (1, X, Y, Z) float32, labels (X, Y, Z) int64, labelled organ ids.
 
         ``organ``: the organ that organ-centred crops centre on; None: any labelled one;
-        ``NO_ORGAN``: a centre far from every organ.
+        ``NO_ORGAN``: a centre far from every organ. ``centre``: (3,) voxels of ``case``, the patch's centre
+        chosen by the caller (then ``organ`` only names what the patch surrounds).
         """
-        image, labels, labelled = self.synthetic(case, organ) if isinstance(case, AnatomyCase) else self.real(case, organ)
+        if centre is None:
+            centre = self.centre(case, organ)
+        image, labels, labelled = self.synthetic(case, organ, centre) if isinstance(case, AnatomyCase) else self.real(case, organ, centre)
         if self.rng.random() < self.field_of_view_probability:
             image, labels = cut_field_of_view(image, labels, self.rng)
         return image, labels, labelled
 
-    def real(self, case: PreparedCase, organ: int | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
-        """A patch of a real CT: crop, flip, deform, then contrast, brightness and noise."""
-        image, labels = random_crop(case, self.crop, self.rng, organ=organ, centre=self.centre(case, organ))
+    def real(self, case: PreparedCase, organ: int | None = None,
+             centre: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+        """A patch of a real CT (centred on ``centre``, else chosen by ``random_crop``): crop, flip, deform,
+        then contrast, brightness and noise."""
+        image, labels = random_crop(case, self.crop, self.rng, organ=organ, centre=centre)
         labelled = case.labelled
         if self.rng.random() < self.flip_probability:
             image, labels = flip_left_right(image, labels)
@@ -204,12 +210,12 @@ class Augmenter:
         image = image + torch.from_numpy(self.rng.normal(0, self.rng.uniform(0, 0.05), image.shape).astype(np.float32))
         return image.float(), labels, labelled
 
-    def synthetic(self, case: AnatomyCase, organ: int | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
-        """A synthetic CT patch: crop and deform the anatomy map, grow or shrink an organ, draw
-        distractors and a colon into it, then paint and corrupt it."""
+    def synthetic(self, case: AnatomyCase, organ: int | None = None,
+                  centre: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+        """A synthetic CT patch (centred on ``centre``, else chosen as ``crop_centre`` does): crop and deform the
+        anatomy map, grow or shrink an organ, draw distractors and a colon into it, then paint and corrupt it."""
         if self.spec is None:
             raise ValueError("an Augmenter for anatomy maps needs the model's preprocessing (spec)")
-        centre = self.centre(case, organ)
         if centre is None:
             centre = crop_centre(torch.from_numpy(case.labels), _centre_organs(case, organ), self.rng, FOREGROUND_FRACTION)
         maps = {"structures": torch.from_numpy(case.structures), "labels": torch.from_numpy(case.labels),

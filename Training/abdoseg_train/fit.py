@@ -238,7 +238,8 @@ def export(network: VNet, config: TrainConfig, validation: dict, out: Path, log:
     if coarse.model_id != config.coarse_model:
         raise AbdoSegError(f"{config.coarse_bundle} is now {coarse.model_id}, not the first stage {config.coarse_model} that this "
                            "second stage was trained with; restore that file to export.")
-    fine = FineStage(network.cpu(), tuple(config.spacing_mm), config.crop_margin_mm, tuple(config.inference_patch),
+    # The second stage runs windows of its training patch, laid on each crop as its patches were (fine_crops.py).
+    fine = FineStage(network.cpu(), tuple(config.spacing_mm), config.crop_margin_mm, tuple(config.patch),
                      organs=tuple(config.fine_organs), coarse_channel=config.coarse_channel)
     return save_bundle(out, coarse.network, coarse.preprocessing, coarse.patch_size, config.name, today, overlap=coarse.overlap,
                        training=dict(coarse.metadata.get("training", {}), fine_stage=training),

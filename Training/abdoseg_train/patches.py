@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from AbdoSegLib.model.bundle import DEFAULT_OVERLAP
 from AbdoSegLib.organs import organ_by_name
 
 from .anatomy import AnatomyCase
@@ -22,7 +23,7 @@ from .augment import Augmenter, mirrored
 from .coarse_prior import simulated_prior
 from .config import TrainConfig
 from .draw import NO_ORGAN, draw_case
-from .fine_crops import organ_crop
+from .fine_crops import SCAN_EDGE_PROBABILITY, organ_crop, window_centre
 from .losses import class_mask
 from .negatives import NegativeCentres
 from .prepared import PreparedCase
@@ -69,8 +70,8 @@ class PatchBatches(IterableDataset):
                 prior_rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
         """One augmented patch (``Augmenter``), with the prior channel of the organ it surrounds when the config asks
         (drawn from its own generator: the patches are those of a run without it)."""
-        case, organ = self._draw(rng)
-        image, labels, labelled = augment(case, organ)
+        case, organ, centre = self._draw(rng)
+        image, labels, labelled = augment(case, organ, centre)
         if self.config.coarse_channel:
             image = torch.cat([image, self._prior(labels, organ, prior_rng)[None]])
         return image, labels, labelled
@@ -86,13 +87,15 @@ class PatchBatches(IterableDataset):
             mask = (labels == organ).numpy()
         return simulated_prior(mask, float(self.config.spacing_mm[0]), rng)
 
-    def _draw(self, rng: np.random.Generator) -> tuple[PreparedCase | AnatomyCase, int | None]:
-        """A case and the organ to centre on; for the second stage the case is cut to a crop around the organ."""
+    def _draw(self, rng: np.random.Generator) -> tuple[PreparedCase | AnatomyCase, int | None, np.ndarray | None]:
+        """A case, the organ to centre on and the patch's centre (None: the Augmenter chooses); for the second stage
+        the case is cut to a crop around the organ, which the patch lies on as an inference window does."""
         case, organ = draw_case(self.real, self.synthetic, self.config.synthetic_fraction, rng, self.config.negative_fraction,
                                 self.negatives, self.organs)
-        if self.config.stage == "fine":
-            case = organ_crop(case, organ, self.config.crop_margin_mm, self.config.localisation_error_mm, rng)
-        return case, organ
+        if self.config.stage != "fine" or organ in (None, NO_ORGAN) or organ not in case.organ_labels:
+            return case, organ, None
+        case = organ_crop(case, organ, self.config.crop_margin_mm, self.config.localisation_error_mm, rng, SCAN_EDGE_PROBABILITY)
+        return case, organ, window_centre(case.labels.shape, self.config.patch, DEFAULT_OVERLAP, rng)
 
 
 def epoch_batches(real: list[PreparedCase], synthetic: list[AnatomyCase], config: TrainConfig, rank: int, epoch: int,

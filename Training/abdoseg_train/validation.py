@@ -15,6 +15,7 @@ import torch
 from AbdoSegLib.analysis.metrics import compare_labelmaps
 from AbdoSegLib.image import Image
 from AbdoSegLib.inference.predict import cleaned_labels, infer_probabilities, window_size
+from AbdoSegLib.model.bundle import DEFAULT_OVERLAP
 from AbdoSegLib.model.preprocessing import hounsfield
 from AbdoSegLib.model.vnet import VNet
 from AbdoSegLib.organs import ORGANS
@@ -69,7 +70,7 @@ def validate(network: VNet, cases: list[PreparedCase], inference_patch: tuple[in
     per_case = {}
     for case in cases:
         roi = window_size(tuple(case.image.shape), inference_patch, network.config.divisor)
-        probabilities = infer_probabilities(network, case.image, roi, 0.25, device)
+        probabilities = infer_probabilities(network, case.image, roi, DEFAULT_OVERLAP, device)
         predicted = cleaned_labels(probabilities, hounsfield(case.image, hu_window))
         metrics = compare_labelmaps(Image(predicted, case.affine), Image(case.labels.numpy(), case.affine))
         per_case[case.name] = {

@@ -9,7 +9,8 @@ For each organ that the fine stage refines (``FineStage.organs``) and that the f
 2. The crop is resampled to the fine spacing in canonical (RAS) voxel order with the first stage's HU
    window (``preprocess``); with ``coarse_channel`` the first stage's probability of the organ,
    interpolated onto the fine grid and scaled to [-1, 1] as the CT is, is a second input channel.
-3. The fine network runs over it (sliding window) and its labels are cleaned up (``cleanup``) on the fine grid.
+3. The fine network runs over it (sliding windows of its patch, never shrunk: a crop smaller than the patch is
+   padded to it, as its training patches were) and its labels are cleaned up (``cleanup``) on the fine grid.
 4. The organ's margin p_organ - max(p_other) comes back onto the input voxels of the crop, as the first
    stage's does (``upsampling.organ_margin``): no full-resolution multi-class volume is built.
 

@@ -149,7 +149,8 @@ def segment(image: Image, bundle: ModelBundle, device: str = "auto", progress: P
         fine_network = bundle.fine.network.to(torch_device)
 
         def infer_fine(fine_volume: torch.Tensor) -> torch.Tensor:
-            fine_roi = window_size(tuple(fine_volume.shape[1:]), bundle.fine.patch_size, fine_network.config.divisor, fine_network.config.kernel_size)
+            # Windows of the fine patch, never shrunk: a crop smaller than it is padded to it, as in training.
+            fine_roi = bundle.fine.patch_size
             # On a GPU all windows of a crop (a few: the crop is about one organ) run as one batch.
             batch = count_windows(tuple(fine_volume.shape[1:]), fine_roi, bundle.fine.overlap) if torch_device.type == "cuda" else 1
             return infer_probabilities(fine_network, fine_volume, fine_roi, bundle.fine.overlap, torch_device, batch_size=batch)

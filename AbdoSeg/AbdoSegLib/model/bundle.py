@@ -39,6 +39,7 @@ from .vnet import VNet, VNetConfig
 
 METADATA_KEY = "abdoseg"
 FINE_PREFIX = "fine."
+DEFAULT_OVERLAP = 0.25  # of neighbouring sliding windows, as a share of the window
 
 
 @dataclass
@@ -54,7 +55,7 @@ class FineStage:
     spacing_mm: tuple[float, float, float]
     crop_margin_mm: float
     patch_size: tuple[int, int, int]
-    overlap: float = 0.25
+    overlap: float = DEFAULT_OVERLAP
     organs: tuple[str, ...] = tuple(organ.name for organ in ORGANS)
     coarse_channel: bool = False
 
@@ -105,7 +106,7 @@ def save_bundle(
     patch_size: tuple[int, int, int],
     name: str,
     created: str,
-    overlap: float = 0.25,
+    overlap: float = DEFAULT_OVERLAP,
     training: dict | None = None,
     validation: dict | None = None,
     fine: FineStage | None = None,
