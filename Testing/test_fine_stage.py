@@ -11,7 +11,7 @@ import torch
 
 from AbdoSegLib.cli import main
 from AbdoSegLib.image import Image
-from AbdoSegLib.inference import fine_stage
+from AbdoSegLib.inference import fine_stage, predict
 from AbdoSegLib.inference.fine_stage import crop_box, refine
 from AbdoSegLib.inference.predict import count_windows, infer_probabilities, segment
 from AbdoSegLib.inference.presence import FOUND, NOT_FOUND, OrganPresence
@@ -308,6 +308,14 @@ def test_a_random_fine_stage_changes_labels_only_inside_its_crops_on_the_input_g
                                                                                    ts_dicom_single_stage):
     bundle = _two_stage(tmp_path, default_model_bundle, _fine(_random_network(FINE_CONFIG, 3), organs=("liver", "right_kidney")))
     crops = _recording_crops(monkeypatch)
+    fine_windows = []
+
+    def record_fine_windows(network, volume, roi, *rest, **options):
+        if network is bundle.fine.network:
+            fine_windows.append((tuple(volume.shape[-3:]), roi))
+        return infer_probabilities(network, volume, roi, *rest, **options)
+
+    monkeypatch.setattr(predict, "infer_probabilities", record_fine_windows)
     prediction = segment(ts_dicom_ct, bundle, device="cpu")
 
     labels, single = prediction.labels.array, ts_dicom_single_stage.labels.array
@@ -318,6 +326,9 @@ def test_a_random_fine_stage_changes_labels_only_inside_its_crops_on_the_input_g
     inside = np.zeros(array.shape, dtype=bool)
     inside[tuple(slice(a, a + n) for a, n in zip(start, crops[0].shape))] = True
     assert crops[0].shape[2] == array.shape[2]  # 20 slices of 2 mm: the crop is clipped to the scan's first and last
+    # its 20 slices make 20 fine voxels of 2 mm: the fine windows stay the fine patch (32 along z), as in training
+    ((fine_shape, fine_roi),) = fine_windows
+    assert fine_shape[2] == 20 and fine_roi == bundle.fine.patch_size == (64, 64, 32)
     inside = model_grid(ts_dicom_ct, (3.0, 3.0, 3.0)).to_input_orientation(inside)
     np.testing.assert_array_equal(labels[~inside], single[~inside])
     assert np.any(labels[inside] != single[inside])  # random weights: the liver's crop is redrawn
