@@ -19,6 +19,7 @@ from AbdoSegLib.inference.presence import (
     MIN_WHOLE_VOLUME_ML,
     NEVER_ALONE,
     NOT_FOUND,
+    UNDER_THE_LIVER,
     decide_presence,
     outside_field,
 )
@@ -140,6 +141,25 @@ def test_a_spleen_is_not_found_when_no_other_organ_is():
     np.testing.assert_array_equal(kept, np.where(spleen, SPLEEN, 0) + np.where(kidney, LEFT_KIDNEY, 0))
     _, with_absent_kidney = decide_presence(*_drawn({SPLEEN: (spleen, 0.95), LEFT_KIDNEY: (kidney, 0.6)}), 0.1)
     assert with_absent_kidney["spleen"].status == NOT_FOUND  # a kidney drawn but not found is no company
+
+
+def test_a_kidney_or_spleen_cut_by_the_lowest_slice_needs_the_liver_found():
+    """Half balls on the lowest slice (z = 0, RAS): the scan runs upward from their cut, so it would hold
+    the liver. Without a liver they are not found; with one, cut by the highest slice instead, or by a side
+    of the scan as well, found."""
+    assert UNDER_THE_LIVER == ("right_kidney", "left_kidney", "spleen")
+    kidney, spleen = _ball((12, 24, 0), 8), _ball((36, 24, 0), 8)  # 1-mL voxels: 1153 mL each, cut at z = 0
+    liver = _ball((24, 24, 30), 10)
+    without, decisions = decide_presence(*_drawn({LEFT_KIDNEY: (kidney, 0.95), SPLEEN: (spleen, 0.96)}), 1.0)
+    assert not without.any() and [d.status for d in decisions.values()] == [NOT_FOUND] * 4
+    assert decisions["left_kidney"].reason == ("what the network drew (1153 mL, confidence 0.950) is cut by the scan's lowest slice, "
+                                               "so the scan runs up past the left kidney's upper pole, yet no liver is found there")
+    with_liver = decide_presence(*_drawn({LEFT_KIDNEY: (kidney, 0.95), SPLEEN: (spleen, 0.96), LIVER: (liver, 0.97)}), 1.0)[1]
+    assert all(d.found for name, d in with_liver.items() if name != "right_kidney")
+    from_above = decide_presence(*_drawn({LEFT_KIDNEY: (kidney[..., ::-1], 0.95), SPLEEN: (spleen[..., ::-1], 0.96)}), 1.0)[1]
+    assert from_above["left_kidney"].found and from_above["spleen"].found  # a scan that starts below the liver
+    lateral = _ball((40, 24, 0), 8)  # also cut by the last x face: a crop of one side, which may leave the liver out
+    assert decide_presence(*_drawn({LEFT_KIDNEY: (lateral, 0.95)}), 1.0)[1]["left_kidney"].found
 
 
 def test_a_small_organ_at_the_rim_of_a_circular_field_of_view_is_a_fragment():
