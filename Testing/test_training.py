@@ -26,7 +26,7 @@ from abdoseg_train.checkpoint import load_checkpoint, save_checkpoint
 from abdoseg_train.cli import main as train_main
 from abdoseg_train.draw import NO_ORGAN, draw_case
 from abdoseg_train.evaluation import organ_table, score_cases
-from abdoseg_train.fit import TrainConfig, fit
+from abdoseg_train.fit import NO_VALIDATION_NOTE, TrainConfig, fit
 from abdoseg_train.losses import class_mask, marginal_probabilities, partial_dice_ce_loss
 from abdoseg_train.negatives import NegativeCentres
 from abdoseg_train.patches import epoch_batches
@@ -515,6 +515,20 @@ def test_keep_last_exports_the_last_epoch_with_its_validation(tiny_dataset, tmp_
     exported = load_bundle(tmp_path / "last.safetensors")
     assert exported.metadata["validation"]["epoch"] == 2
     for key, value in final.items():
+        torch.testing.assert_close(exported.network.state_dict()[key], value)
+
+
+def test_export_of_a_run_without_validation_writes_its_last_epoch_as_fit_did(tiny_dataset, tmp_path):
+    """No validation chose an epoch, so ``abdoseg-train export CHECKPOINT`` writes what fit wrote: the last
+    network, not the weights the run started from."""
+    train, _ = tiny_dataset
+    config = TrainConfig(width=4, depth=2, convs_per_stage=(1, 1, 1), patch=(32, 32, 32), inference_patch=(96, 96, 64),
+                         epochs=2, iterations_per_epoch=1, learning_rate=1e-2)
+    fit(discover_cases(train), [], config, tmp_path / "fit.safetensors", tmp_path / "run")
+    assert train_main(["export", str(tmp_path / "run" / "checkpoint.pt"), "-o", str(tmp_path / "exported.safetensors")]) == 0
+    written, exported = load_bundle(tmp_path / "fit.safetensors"), load_bundle(tmp_path / "exported.safetensors")
+    assert exported.metadata["validation"] == written.metadata["validation"] == {"epoch": 2, "note": NO_VALIDATION_NOTE}
+    for key, value in written.network.state_dict().items():
         torch.testing.assert_close(exported.network.state_dict()[key], value)
 
 

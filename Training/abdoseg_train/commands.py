@@ -25,7 +25,7 @@ from .cases import discover_cases
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .evaluation import evaluate, organ_table
-from .fit import export, fit
+from .fit import NO_VALIDATION_NOTE, export, fit
 from .synthetic import PHASES, choose_phase
 from .synthetic_cases import AnatomyVariation, write_synthetic_case
 
@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser = commands.add_parser("export", help="turn a training checkpoint's best network into a model bundle")
     export_parser.add_argument("checkpoint", type=Path)
     export_parser.add_argument("-o", "--output", type=Path, required=True, help="model bundle to write (.safetensors)")
-    export_parser.add_argument("--last", action="store_true", help="the last epoch's network instead of the best one")
+    export_parser.add_argument("--last", action="store_true",
+                               help="the last epoch's network instead of the best one (a run without validation cases always exports its last)")
     export_parser.add_argument("--fine-organs", nargs="+", choices=ORGAN_NAMES, default=None,
                                help="a second stage's checkpoint: the organs the exported stage refines, among those it was "
                                     "trained for (the others keep the first stage's labels)")
@@ -199,8 +200,13 @@ def run_export(args: argparse.Namespace) -> None:
                                f"(only {', '.join(config.fine_organs)}).")
         config.fine_organs = tuple(name for name in config.fine_organs if name in args.fine_organs)
     network = VNet(config.network_config)
-    network.load_state_dict(state["network" if args.last else "best_state"])
-    validation = {"epoch": state["epoch"], "note": "last epoch, exported with --last"} if args.last else state["best"]
+    # A run without validation cases chose no epoch: fit exported its last one, and so does this.
+    last = args.last or not config.validation_cases
+    network.load_state_dict(state["network" if last else "best_state"])
+    if not config.validation_cases:
+        validation = {"epoch": state["epoch"], "note": NO_VALIDATION_NOTE}
+    else:
+        validation = {"epoch": state["epoch"], "note": "last epoch, exported with --last"} if args.last else state["best"]
     sha256 = export(network, config, validation, args.output, state["log"], seconds=state["log"][-1]["seconds"] if state["log"] else 0.0,
                     device="cpu", half=args.half)
     print(f"wrote {args.output} (sha256 {sha256})")

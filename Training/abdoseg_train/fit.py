@@ -38,6 +38,7 @@ from .prepared import prepare
 from .validation import ValidationResult, validate
 
 CHECKPOINT_FILE = "checkpoint.pt"
+NO_VALIDATION_NOTE = "no validation cases: the last epoch is exported"
 INPUT_WEIGHT = "input_conv.0.weight"  # (width, in_channels, k, k, k): the V-Net's first convolution
 
 
@@ -145,7 +146,7 @@ def fit(train: list[Case], validation: list[Case], config: TrainConfig, out: Pat
     bar.close()
     if run.is_main:
         if not validation_data:
-            best = {"epoch": config.epochs, "note": "no validation cases: the last epoch is exported"}
+            best = {"epoch": config.epochs, "note": NO_VALIDATION_NOTE}
             best_state = network.state_dict()
         network.load_state_dict(best_state)
         export(network, config, best, out, log.rows, seconds=time.time() - started, device=str(run.device))
