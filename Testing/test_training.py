@@ -525,8 +525,9 @@ def test_export_of_a_run_without_validation_writes_its_last_epoch_as_fit_did(tin
     config = TrainConfig(width=4, depth=2, convs_per_stage=(1, 1, 1), patch=(32, 32, 32), inference_patch=(96, 96, 64),
                          epochs=2, iterations_per_epoch=1, learning_rate=1e-2)
     fit(discover_cases(train), [], config, tmp_path / "fit.safetensors", tmp_path / "run")
-    assert train_main(["export", str(tmp_path / "run" / "checkpoint.pt"), "-o", str(tmp_path / "exported.safetensors")]) == 0
+    assert train_main(["export", str(tmp_path / "run" / "checkpoint.pt"), "-o", str(tmp_path / "exported.safetensors"), "--name", "renamed"]) == 0
     written, exported = load_bundle(tmp_path / "fit.safetensors"), load_bundle(tmp_path / "exported.safetensors")
+    assert (written.metadata["name"], exported.metadata["name"]) == (TrainConfig().name, "renamed")
     assert exported.metadata["validation"] == written.metadata["validation"] == {"epoch": 2, "note": NO_VALIDATION_NOTE}
     for key, value in written.network.state_dict().items():
         torch.testing.assert_close(exported.network.state_dict()[key], value)

@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "trained for (the others keep the first stage's labels)")
     export_parser.add_argument("--half", action="store_true",
                                help="store the weights as float16: half the file; they still run in float32")
+    export_parser.add_argument("--name", default=None, help="model name recorded in the bundle (default: the run's)")
     export_parser.add_argument("--force", action="store_true", help="replace an existing output file")
     export_parser.set_defaults(run=run_export)
 
@@ -199,6 +200,7 @@ def run_export(args: argparse.Namespace) -> None:
             raise AbdoSegError(f"the second stage of {args.checkpoint} was not trained for {', '.join(unknown)} "
                                f"(only {', '.join(config.fine_organs)}).")
         config.fine_organs = tuple(name for name in config.fine_organs if name in args.fine_organs)
+    config.name = args.name or config.name
     network = VNet(config.network_config)
     # A run without validation cases chose no epoch: fit exported its last one, and so does this.
     last = args.last or not config.validation_cases
