@@ -66,10 +66,17 @@ def test_two_stage_bundle_round_trip_keeps_both_networks_and_the_fine_settings(t
     assert set(_state(two_stage_path)) == set(bundle.network.state_dict()) | {f"fine.{key}" for key in fine.network.state_dict()}
 
 
-def test_a_single_stage_bundle_is_written_as_version_1_and_the_shipped_default_still_loads(tiny_model_bundle, default_model_bundle):
-    for bundle in (tiny_model_bundle, default_model_bundle):
+def test_a_single_stage_bundle_is_written_as_version_1_and_loads_beside_the_two_stage_default(tmp_path, tiny_model_bundle, default_model_bundle):
+    """The shipped default is two-stage (its second stage refines the right kidney); its first stage written alone is a
+    version 1 bundle, as every bundle before the second stage was, and runs with the same weights."""
+    first_alone = tmp_path / "first-stage.safetensors"
+    save_bundle(first_alone, default_model_bundle.network, default_model_bundle.preprocessing, default_model_bundle.patch_size,
+                "first-stage", "2026-12-01", overlap=default_model_bundle.overlap)
+    for bundle in (tiny_model_bundle, load_bundle(first_alone)):
         assert bundle.metadata["format_version"] == SINGLE_STAGE_VERSION
         assert bundle.fine is None and "fine" not in bundle.metadata
+    assert all(torch.equal(value, default_model_bundle.network.state_dict()[key]) for key, value in load_bundle(first_alone).network.state_dict().items())
+    assert default_model_bundle.metadata["format_version"] == TWO_STAGE_VERSION and default_model_bundle.fine.organs == ("right_kidney",)
 
 
 def test_info_shows_both_stages(two_stage_path, capsys):

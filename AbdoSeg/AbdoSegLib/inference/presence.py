@@ -21,7 +21,7 @@ An organ is not found when
 Position is judged by the QA (laterality, ``analysis/qa.py``) and the mirror check (``mirror_check.py``)
 rather than here: a scan whose header mirrors the patient would otherwise lose real organs.
 
-Measured with the default bundle (abdoseg-vnet-0.9) on scans with and without each organ, by
+Measured with abdoseg-vnet-0.9 (the first stage of the default, 1.0) on scans with and without each organ, by
 ``python Training/scripts/presence_table.py`` (all its rows here): "in scan" is the
 reference volume in the scan (mL; - absent, ? present but not labelled), "drawn" what the network labels
 after clean-up (mL on the model grid), "edge" whether that touches a face of the scan. Crops are of the
@@ -189,7 +189,7 @@ the scan is left alone (ircad_17 x[380:], the patient's left side, holds a left 
 lowest slice and by the crop, and no liver). Not fitted to a threshold: on the slabs above the four organs of
 the validation maps btcv_0033 and btcv_0034 painted at 1.5 mm (portal-venous), abdoseg-vnet-0.9 drew a "left
 kidney" of 20 and 5 mL at 0.922 and 0.943 at the back of the slab, cut only by its lowest slice, with no liver
-found."""
+found (``python Training/scripts/organ_free_slabs.py CASE_FOLDER...``)."""
 
 LOWEST_SLICE = (2, 0)
 """The face (axis, index) of the model grid, in canonical (RAS) order, that is the scan's lowest axial slice."""
