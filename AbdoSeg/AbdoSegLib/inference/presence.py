@@ -256,7 +256,7 @@ def decide_presence(probabilities: torch.Tensor, cleaned: np.ndarray, voxel_volu
     for organ in ORGANS:
         decision = decisions[organ.name]
         if (organ.name in UNDER_THE_LIVER and decision.found and not decisions["liver"].found
-                and faces_touched(masks[organ.name]) == {LOWEST_SLICE} and not _on_rim(masks[organ.name], outside)):
+                and _faces_touched(masks[organ.name]) == {LOWEST_SLICE} and not _on_rim(masks[organ.name], outside)):
             decisions[organ.name] = _not_found(decision, f"is cut by the scan's lowest slice, so the scan runs up past the {organ.title.lower()}'s "
                                                          "upper pole, yet no liver is found there")
     for organ in ORGANS:
@@ -282,10 +282,10 @@ def organ_confidence(probability: torch.Tensor, mask: np.ndarray) -> float:
 def touches_edge(mask: np.ndarray, outside: np.ndarray | None = None) -> bool:
     """True when a boolean (X, Y, Z) mask has a voxel on a face of its array, or within ``_RIM_VOXELS``
     of a voxel of ``outside`` (same shape: the padding beyond a circular field of view)."""
-    return bool(faces_touched(mask)) or _on_rim(mask, outside)
+    return bool(_faces_touched(mask)) or _on_rim(mask, outside)
 
 
-def faces_touched(mask: np.ndarray) -> set[tuple[int, int]]:
+def _faces_touched(mask: np.ndarray) -> set[tuple[int, int]]:
     """The faces of its array that a boolean (X, Y, Z) mask has a voxel on, as (axis, 0 or -1)."""
     return {(axis, index) for axis in range(3) for index in (0, -1) if np.take(mask, index, axis=axis).any()}
 
