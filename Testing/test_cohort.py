@@ -28,7 +28,7 @@ import torch
 from AbdoSegLib.cli import main
 from AbdoSegLib.cohort.inputs import find_cases, is_cohort, unique_ids
 from AbdoSegLib.cohort.ray_runner import actor_plan
-from AbdoSegLib.cohort.table import COLUMNS
+from AbdoSegLib.cohort.table import COLUMNS, write_table
 from AbdoSegLib.io.image_files import write_image
 from AbdoSegLib.model.bundle import file_sha256, save_bundle
 from AbdoSegLib.model.vnet import VNet
@@ -378,6 +378,26 @@ def test_ctrl_c_stops_the_workers_and_keeps_what_finished(tmp_path, ts_example_c
     assert 1 <= len(rows) < 8 and all(row["status"] == "done" for row in rows.values())
     assert sorted(path.name for path in root.iterdir()) == sorted([*rows, "cohort.csv", "cohort.json"])  # no staging folder, no lock
     assert json.loads(last_line(stdout))["event"] == "finished"
+
+
+def test_a_ctrl_c_just_as_the_table_is_staged_leaves_no_staging_file(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def open_then_interrupted(*args, **kwargs):  # the signal lands once the staging file exists
+        os.close(real_open(*args, **kwargs))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "open", open_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_table([], tmp_path)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+    write_table([], tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = 0o666 & ~umask  # as a plain open() makes it
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cohort.csv", "cohort.json"]
+    assert all((path.stat().st_mode & 0o777) == mode for path in tmp_path.iterdir())
 
 
 def test_a_single_ct_keeps_its_output_folder(tmp_path, scans, tiny_bundle_path, capsys):

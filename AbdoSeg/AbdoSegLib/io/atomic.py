@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import sys
@@ -47,12 +48,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     suffix = "".join(path.suffixes)
     stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
-    handle, temporary = tempfile.mkstemp(prefix=f".{stem}.", suffix=suffix, dir=path.parent)
-    os.close(handle)
-    temporary = Path(temporary)
+    # Named before it is created (not mkstemp, which names it only once it exists): a Ctrl-C that lands
+    # between the two would otherwise leave the file behind.
+    temporary = path.parent / f".{stem}.{os.getpid()}-{secrets.token_hex(6)}{suffix}"
     try:
+        os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         yield temporary
-        _usual_mode(temporary, directory=False)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
