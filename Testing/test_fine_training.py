@@ -13,7 +13,7 @@ from safetensors import safe_open
 from abdoseg_train import coarse_prior, patches
 from abdoseg_train.cases import discover_cases
 from abdoseg_train.cli import main as train_main
-from abdoseg_train.fine_crops import MARGIN_RANGE, OVERDRAWN_MM, organ_crop, window_centre
+from abdoseg_train.fine_crops import MARGIN_RANGE, organ_crop, window_centre
 from abdoseg_train.fit import INPUT_WEIGHT, TrainConfig, _initial_weights, fit
 from abdoseg_train.prepared import PreparedCase
 from AbdoSegLib.cli import main as abdoseg
@@ -75,28 +75,10 @@ def test_a_crop_whose_scan_ends_in_the_organ_keeps_organ_voxels_on_both_sides_of
     for _ in range(300):
         cut = organ_crop(case, 1, 0.0, 0.0, rng, scan_edge_probability=1.0)
         shorter = [axis for axis in range(3) if cut.labels.shape[axis] < 10]
-        assert len(shorter) == 1 and 1 <= cut.labels.shape[shorter[0]] <= 9  # 10-90 % of the organ's 10 voxels
+        assert len(shorter) == 1 and 2 <= cut.labels.shape[shorter[0]] <= 8  # 20-80 % of the organ's 10 voxels
         assert torch.all(cut.labels == 1)  # the crop holds only organ: the scan ends inside it
         moved[shorter[0]] += 1
     assert moved[2] > moved[0] + moved[1]  # axial ends two times in three
-
-
-def test_a_crop_widened_by_an_overdrawn_neighbour_reaches_20_to_45_mm_beyond_the_organ_on_one_face():
-    case, rng = _case(), np.random.default_rng(4)
-    assert OVERDRAWN_MM == (20.0, 45.0)
-    spacing = np.tile([2.0, 2.0, 2.5], 2)
-    # mm from the organ's box (x 5-14, y 10-19, z 0-9) to the scan's faces: below x, y, z, then above x, y, z
-    room = np.array([5, 10, 0, 40 - 15, 30 - 20, 20 - 10]) * spacing
-    widened = np.zeros(6, dtype=int)
-    for _ in range(300):
-        cut = organ_crop(case, 1, 0.0, 0.0, rng, overdrawn_probability=1.0)
-        start = np.rint(np.linalg.solve(case.affine, cut.affine[:, 3])[:3]).astype(int)
-        beyond = np.concatenate([np.array([5, 10, 0]) - start, start + np.array(cut.labels.shape) - np.array([15, 20, 10])]) * spacing
-        assert np.count_nonzero(beyond) <= 1  # no margin, no error: only the over-drawn face leaves the organ
-        for face in np.flatnonzero(beyond):
-            assert min(20.0, room[face]) - 1.25 <= beyond[face] <= min(45.0, room[face]) + 1.25
-            widened[face] += 1
-    assert widened[[0, 3, 1, 4, 5]].min() > 15 and widened[2] == 0  # every face but the scan's bottom, where the organ lies
 
 
 def test_a_patch_lies_on_its_crop_as_an_inference_window_does():

@@ -29,30 +29,23 @@ from .prepared import PreparedCase
 MARGIN_RANGE = (0.5, 1.5)  # the margin drawn, as a share of crop_margin_mm
 SCAN_EDGE_PROBABILITY = 0.3  # of a crop whose scan ends inside the organ
 SCAN_EDGE_AXES = (0, 1, 2, 2, 2, 2)  # the axis it ends along: axial planes (z) two times in three
-SCAN_EDGE_RANGE = (0.1, 0.9)  # where in the organ's extent along that axis the scan ends
-OVERDRAWN_PROBABILITY = 0.3  # of a crop widened by a neighbour that the first stage drew as the organ
-OVERDRAWN_MM = (20.0, 45.0)  # how far beyond the organ that neighbour reaches (coarse_prior.TAIL_RADIUS_MM)
+SCAN_EDGE_RANGE = (0.2, 0.8)  # where in the organ's extent along that axis the scan ends
 
 
 def organ_crop(case: PreparedCase | AnatomyCase, organ: int | None, margin_mm: float, error_mm: float,
-               rng: np.random.Generator, scan_edge_probability: float = 0.0,
-               overdrawn_probability: float = 0.0) -> PreparedCase | AnatomyCase:
+               rng: np.random.Generator, scan_edge_probability: float = 0.0) -> PreparedCase | AnatomyCase:
     """``case`` cut to a jittered, widened box of ``organ`` (the whole case when the organ is None, NO_ORGAN
-    or absent from it), with ``overdrawn_probability`` one of its faces moved ``OVERDRAWN_MM`` further out (an
-    over-drawn neighbour) and with ``scan_edge_probability`` one moved into the organ (the scan's edge);
+    or absent from it), with ``scan_edge_probability`` one of its faces moved into the organ (the scan's edge);
     its arrays are views, its affine moved to the crop's first voxel."""
     labels = np.asarray(case.labels)
     if organ in (None, NO_ORGAN) or organ not in case.organ_labels:
         return case
     spacing = np.linalg.norm(case.affine[:3, :3], axis=0)
-    overdrawn_axis = int(rng.integers(3)) if overdrawn_probability and rng.random() < overdrawn_probability else None
     box, extent = [], []
     for axis in range(3):
         present = np.flatnonzero((labels == organ).any(axis=tuple(a for a in range(3) if a != axis)))
         low, high = present[0], present[-1] + 1
         widen = rng.uniform(*MARGIN_RANGE, 2) * margin_mm + rng.normal(0.0, error_mm, 2)  # mm below low, above high
-        if axis == overdrawn_axis:
-            widen[rng.integers(2)] += rng.uniform(*OVERDRAWN_MM)
         low, high = int(round(low - widen[0] / spacing[axis])), int(round(high + widen[1] / spacing[axis]))
         low, high = min(max(low, 0), labels.shape[axis] - 1), max(min(high, labels.shape[axis]), 1)
         box.append([low, max(high, low + 1)])

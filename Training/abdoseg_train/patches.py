@@ -23,7 +23,7 @@ from .augment import Augmenter, mirrored
 from .coarse_prior import simulated_prior
 from .config import TrainConfig
 from .draw import NO_ORGAN, draw_case
-from .fine_crops import OVERDRAWN_PROBABILITY, SCAN_EDGE_PROBABILITY, organ_crop, window_centre
+from .fine_crops import SCAN_EDGE_PROBABILITY, organ_crop, window_centre
 from .losses import class_mask
 from .negatives import NegativeCentres
 from .prepared import PreparedCase
@@ -94,8 +94,7 @@ class PatchBatches(IterableDataset):
                                 self.negatives, self.organs)
         if self.config.stage != "fine" or organ in (None, NO_ORGAN) or organ not in case.organ_labels:
             return case, organ, None
-        case = organ_crop(case, organ, self.config.crop_margin_mm, self.config.localisation_error_mm, rng, SCAN_EDGE_PROBABILITY,
-                          OVERDRAWN_PROBABILITY)
+        case = organ_crop(case, organ, self.config.crop_margin_mm, self.config.localisation_error_mm, rng, SCAN_EDGE_PROBABILITY)
         return case, organ, window_centre(case.labels.shape, self.config.patch, DEFAULT_OVERLAP, rng)
 
 
