@@ -12,7 +12,7 @@ import torch
 from AbdoSegLib.cli import main
 from AbdoSegLib.image import Image
 from AbdoSegLib.inference import fine_stage, predict
-from AbdoSegLib.inference.fine_stage import crop_box, refine
+from AbdoSegLib.inference.fine_stage import crop_box, name_cut_pieces, refine
 from AbdoSegLib.inference.predict import count_windows, infer_probabilities, segment
 from AbdoSegLib.inference.presence import FOUND, NOT_FOUND, OrganPresence
 from AbdoSegLib.model.bundle import FineStage, load_bundle, save_bundle
@@ -256,6 +256,45 @@ def test_the_coarse_channel_is_the_first_stage_probability_on_the_fine_grid_scal
     expected = torch.from_numpy(2 * model_x / 40 - 1).float()[:, None, None].expand(channel.shape)
     torch.testing.assert_close(channel, expected, rtol=0, atol=1e-6)
     assert torch.equal(calls[1][1], torch.full_like(calls[1][1], -0.6))  # the spleen's constant 0.2
+
+
+def test_a_piece_labelled_another_organ_at_the_scans_face_is_the_organ_where_the_first_stage_says_so():
+    labels = np.zeros((10, 10, 10), dtype=np.uint8)
+    labels[0:3, 4:6, 7:10] = ORGAN["left_kidney"]  # touches the last axial slice
+    labels[5:7, 5:7, 2:4] = ORGAN["left_kidney"]  # inside the crop
+    labels[3:5, 0:2, 5:10] = ORGAN["spleen"]  # the organ itself
+    named = np.zeros(labels.shape, dtype=bool)
+    named[:2] = True  # the first stage says spleen at x 0-1 only
+    named[5:7] = True
+    before = labels.copy()
+
+    renamed = name_cut_pieces(labels, named, ORGAN["spleen"], [(2, 1)])
+    expected = labels.copy()
+    expected[0:2, 4:6, 7:10] = ORGAN["spleen"]  # x 2 stays the left kidney: the first stage does not say spleen there
+    np.testing.assert_array_equal(renamed, expected)
+    np.testing.assert_array_equal(labels, before)  # a new array
+    np.testing.assert_array_equal(name_cut_pieces(labels, named, ORGAN["spleen"], [(2, 0), (0, 1)]), labels)  # other faces
+    np.testing.assert_array_equal(name_cut_pieces(labels, named, ORGAN["spleen"], []), labels)  # the whole organ in the scan
+
+
+def test_a_sliver_at_the_scans_edge_that_the_crop_calls_another_organ_is_refined_as_the_first_stage_named_it():
+    """The spleen's crop ends at the scan's face x = 39; a fine network that calls the true spleen left kidney draws
+    it as spleen where the first stage's spleen probability is above 0.5, and draws no spleen where it is not."""
+    image = _ct()
+
+    def spleen_as_left_kidney(volume: torch.Tensor) -> torch.Tensor:
+        probabilities = _known_infer([])(volume)
+        probabilities[ORGAN["left_kidney"]], probabilities[ORGAN["spleen"]] = probabilities[ORGAN["spleen"]], 0.0
+        return probabilities
+
+    for first_stage_spleen, drawn in ((0.9, TRUE_SPLEEN), (0.2, (slice(32, 40), slice(12, 25), slice(10, 25)))):
+        labels, score, boxes, presence = _first_stage()
+        probabilities, grid = _coarse(image)
+        probabilities[ORGAN["spleen"]] = first_stage_spleen
+        refine(image, labels, score, boxes, presence, (probabilities, grid), _fine_known(), HU_WINDOW, spleen_as_left_kidney)
+        expected = np.zeros(SHAPE, dtype=bool)
+        expected[drawn] = True  # else the fine stage drew no spleen: the first stage's block stays
+        np.testing.assert_array_equal(labels == ORGAN["spleen"], expected)
 
 
 def test_windows_in_batches_blend_as_windows_one_at_a_time():

@@ -1,7 +1,7 @@
 """The first stage's probability of an organ, as a second stage trained with ``coarse_channel`` reads it.
 
 At inference the fine network of such a bundle reads, beside the CT, the first stage's probability of the
-organ interpolated onto the fine grid (``inference/fine_stage.coarse_prior``). Running the first stage over
+organ interpolated onto the fine grid (``inference/fine_stage.coarse_probability``). Running the first stage over
 every training crop would cost more than the training step on a CPU, and its errors on painted CT are not
 those on real CT; the patch's reference mask is degraded instead, as a 3 mm network degrades it:
 

@@ -10,7 +10,10 @@ For each organ that the fine stage refines (``FineStage.organs``) and that the f
    window (``preprocess``); with ``coarse_channel`` the first stage's probability of the organ,
    interpolated onto the fine grid and scaled to [-1, 1] as the CT is, is a second input channel.
 3. The fine network runs over it (sliding windows of its patch, never shrunk: a crop smaller than the patch is
-   padded to it, as its training patches were) and its labels are cleaned up (``cleanup``) on the fine grid.
+   padded to it, as its training patches were). Where the crop ends at the scan's edge, a piece it labels as
+   another organ and that touches that face is the organ's where the first stage says so (``name_cut_pieces``:
+   a sliver cut by the scan's face, which the crop alone cannot name). Its labels are cleaned up (``cleanup``)
+   on the fine grid.
 4. The organ's margin p_organ - max(p_other) comes back onto the input voxels of the crop, as the first
    stage's does (``upsampling.organ_margin``): no full-resolution multi-class volume is built.
 
@@ -29,11 +32,12 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from ..image import Image
 from ..model.bundle import FineStage
 from ..model.preprocessing import ModelGrid, Preprocessing, canonical, hounsfield, preprocess
-from ..organs import ORGANS
+from ..organs import BACKGROUND, ORGANS
 from ..progress import NoProgress, Progress
 from .cleanup import clean_labels
 from .presence import OrganPresence
@@ -70,11 +74,13 @@ def refine(
         moved = affine.copy()
         moved[:3, 3] += affine[:3, :3] @ start
         volume, grid = preprocess(Image(array[box], moved), spec)
-        channels = [volume]
-        if fine.coarse_channel:
-            channels.append(coarse_prior(coarse[0][organ.label], coarse[1], grid, start))
+        first_stage = coarse_probability(coarse[0][organ.label], coarse[1], grid, start)
+        channels = [volume, prior_channel(first_stage)] if fine.coarse_channel else [volume]
         probabilities = infer(torch.stack(channels))
-        mask = clean_labels(probabilities.argmax(dim=0).to(torch.uint8).numpy(), hounsfield(volume, hu_window)) == organ.label
+        fine_labels = probabilities.argmax(dim=0).to(torch.uint8).numpy()
+        open_faces = [(axis, side) for axis, s in enumerate(box) for side, at_edge in enumerate((s.start == 0, s.stop == labels.shape[axis])) if at_edge]
+        fine_labels = name_cut_pieces(fine_labels, first_stage.numpy() > 0.5, organ.label, open_faces)
+        mask = clean_labels(fine_labels, hounsfield(volume, hu_window)) == organ.label
         if not mask.any():
             continue
         target, value = organ_margin(probabilities, mask, organ.label, grid)
@@ -97,14 +103,29 @@ def crop_box(box: Box, margin_mm: float, spacing: np.ndarray, shape: tuple[int, 
     return tuple(slice(max(s.start - w, 0), min(s.stop + w, n)) for s, w, n in zip(box, widen, shape))
 
 
-def coarse_prior(probability: torch.Tensor, coarse_grid: ModelGrid, grid: ModelGrid, start: np.ndarray) -> torch.Tensor:
+def coarse_probability(probability: torch.Tensor, coarse_grid: ModelGrid, grid: ModelGrid, start: np.ndarray) -> torch.Tensor:
     """The first stage's probability of an organ, (X, Y, Z) on ``coarse_grid``, interpolated onto the fine ``grid``
-    of a crop whose first voxel is canonical input index ``start``, and scaled to [-1, 1] as the CT channel is."""
+    of a crop whose first voxel is canonical input index ``start``."""
     value = probability
     for axis in range(3):
         canonical_index = grid.canonical_coordinates(axis, np.arange(grid.shape[axis])) + start[axis]
         value = lerp_axis(value, axis, coarse_grid.model_coordinates(axis, canonical_index))
-    return prior_channel(value)
+    return value
+
+
+def name_cut_pieces(labels: np.ndarray, named: np.ndarray, organ: int, open_faces: list[tuple[int, int]]) -> np.ndarray:
+    """``labels`` (X, Y, Z) uint8 of the organ's crop, where each 26-connected piece labelled as another organ that
+    touches one of ``open_faces`` ((axis, 0 for its first slice or 1 for its last): where the scan ends) takes the
+    label ``organ`` in the voxels of ``named`` ((X, Y, Z) bool: where the first stage says the organ). A new array.
+
+    The second stage sees only the crop: of a kidney's pole or the spleen's tip cut by the scan's face it may see
+    too little to tell which organ the sliver is, which the first stage, seeing the whole scan, can.
+    """
+    pieces, _ = ndimage.label((labels != BACKGROUND) & (labels != organ), structure=np.ones((3, 3, 3), dtype=bool))
+    touching = {int(piece) for axis, side in open_faces for piece in np.unique(np.take(pieces, -side, axis=axis)) if piece}
+    renamed = labels.copy()
+    renamed[np.isin(pieces, sorted(touching)) & named] = organ
+    return renamed
 
 
 def prior_channel(probability):

@@ -54,6 +54,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         yield temporary
+        _usual_mode(temporary, directory=False)  # safetensors writes a new, owner-only file in its place
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
