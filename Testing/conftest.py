@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 
 # OpenMP threads that spin while they wait make a 2-thread torch 5-10x slower as soon as
@@ -129,3 +130,10 @@ def box_corners(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     corners = np.array([[a, b, c] for a in (-0.5, shape[0] - 0.5) for b in (-0.5, shape[1] - 0.5) for c in (-0.5, shape[2] - 0.5)])
     world = corners @ affine[:3, :3].T + affine[:3, 3]
     return world[np.lexsort(np.round(world, 3).T[::-1])]
+
+
+def interruptible() -> None:
+    """``preexec_fn`` of a child process that a test interrupts: SIGINT back to its default, as a terminal's
+    process has it. Started in the background (``make test &``), the tests inherit SIGINT ignored, which the
+    programs honour as they should (``nohup``), and a Ctrl-C test would then test nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -34,7 +34,7 @@ from AbdoSegLib.model.bundle import file_sha256, save_bundle
 from AbdoSegLib.model.vnet import VNet
 from AbdoSegLib.organs import ORGANS
 from AbdoSegLib.outputs import LABELS_FILE, SUMMARY_FILE
-from conftest import TINY_CONFIG, TINY_PATCH, TINY_PREPROCESSING, crop
+from conftest import TINY_CONFIG, TINY_PATCH, TINY_PREPROCESSING, crop, interruptible
 
 BROKEN = "scan03"
 
@@ -366,7 +366,8 @@ def test_ctrl_c_stops_the_workers_and_keeps_what_finished(tmp_path, ts_example_c
     root = tmp_path / "out"
     command = [sys.executable, "-m", "AbdoSegLib.cli", "segment", str(folder), "-o", str(root), "--model", str(tiny_bundle_path),
                "--workers", "2", "--progress", "json"]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=interruptible)
     for line in child.stdout:  # Ctrl-C (to the whole process group, as a terminal sends it) after the first case is done
         if json.loads(line)["event"] == "done":
             os.killpg(child.pid, signal.SIGINT)

@@ -21,6 +21,7 @@ import pytest
 
 from AbdoSegLib.cli import BROKEN_PIPE, INTERRUPTED, main, run_cli
 from AbdoSegLib.resources import SAMPLE_REFERENCE
+from conftest import interruptible
 
 ABDOSEG = [sys.executable, "-m", "AbdoSegLib.cli"]
 ENV = dict(os.environ, OMP_NUM_THREADS="2")
@@ -79,7 +80,7 @@ def test_a_full_disk_is_one_sentence(tiny_bundle_path):
     ([sys.executable, "-m", "abdoseg_train.cli", "evaluate", "absent.safetensors", "absent"], "abdoseg-train"),
 ], ids=["abdoseg", "abdoseg-train"])
 def test_ctrl_c_while_the_modules_import_is_one_line(command, program):
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, preexec_fn=interruptible)
     maps = Path(f"/proc/{child.pid}/maps")
     # Interrupt once torch's library is mapped: the child is then inside `import torch`, which
     # takes seconds more. Bounded polling: at most 20000 looks, then the test fails below.
