@@ -207,8 +207,10 @@ def run_export(args: argparse.Namespace) -> None:
     network.load_state_dict(state["network" if last else "best_state"])
     if not config.validation_cases:
         validation = {"epoch": state["epoch"], "note": NO_VALIDATION_NOTE}
+    elif args.last:
+        validation = {"epoch": state["epoch"], "note": "last epoch, exported with --last"}
     else:
-        validation = {"epoch": state["epoch"], "note": "last epoch, exported with --last"} if args.last else state["best"]
+        validation = state["best"]
     sha256 = export(network, config, validation, args.output, state["log"], seconds=state["log"][-1]["seconds"] if state["log"] else 0.0,
                     device="cpu", half=args.half)
     print(f"wrote {args.output} (sha256 {sha256})")

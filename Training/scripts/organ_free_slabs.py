@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from presence_table import crop
 
 from AbdoSegLib.image import Image
 from AbdoSegLib.inference.predict import segment
@@ -37,9 +38,7 @@ def slabs(ct: Image, reference: Image) -> dict[str, Image]:
     found = {}
     for name, start, stop in (("below", 0, levels[0] - clear), ("above", levels[-1] + 1 + clear, ct.array.shape[2])):
         if (stop - start) * slice_mm >= MIN_SLAB_MM:
-            affine = ct.affine.copy()
-            affine[:3, 3] += affine[:3, 2] * start
-            found[name] = Image(ct.array[..., start:stop], affine)
+            found[name] = crop(ct, f"z[{start}:{stop}]")
     return found
 
 

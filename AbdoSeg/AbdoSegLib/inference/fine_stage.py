@@ -74,12 +74,13 @@ def refine(
         moved = affine.copy()
         moved[:3, 3] += affine[:3, :3] @ start
         volume, grid = preprocess(Image(array[box], moved), spec)
-        first_stage = coarse_probability(coarse[0][organ.label], coarse[1], grid, start)
+        open_faces = [(axis, side) for axis, s in enumerate(box) for side, at_edge in enumerate((s.start == 0, s.stop == labels.shape[axis])) if at_edge]
+        first_stage = coarse_probability(coarse[0][organ.label], coarse[1], grid, start) if fine.coarse_channel or open_faces else None
         channels = [volume, prior_channel(first_stage)] if fine.coarse_channel else [volume]
         probabilities = infer(torch.stack(channels))
         fine_labels = probabilities.argmax(dim=0).to(torch.uint8).numpy()
-        open_faces = [(axis, side) for axis, s in enumerate(box) for side, at_edge in enumerate((s.start == 0, s.stop == labels.shape[axis])) if at_edge]
-        fine_labels = name_cut_pieces(fine_labels, first_stage.numpy() > 0.5, organ.label, open_faces)
+        if open_faces:
+            fine_labels = name_cut_pieces(fine_labels, first_stage.numpy() > 0.5, organ.label, open_faces)
         mask = clean_labels(fine_labels, hounsfield(volume, hu_window)) == organ.label
         if not mask.any():
             continue
