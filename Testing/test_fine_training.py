@@ -145,6 +145,14 @@ def test_smoke_fine_stage_training_exports_a_two_stage_bundle_that_segment_runs(
     assert train_main(["export", str(tmp_path / "run" / "checkpoint.pt"), "-o", str(tmp_path / "kidney.safetensors"),
                        "--fine-organs", "left_kidney"]) == 1
     assert not (tmp_path / "kidney.safetensors").exists()
+    assert train_main(["export", str(tmp_path / "run" / "checkpoint.pt"), "-o", str(tmp_path / "narrow.safetensors"),
+                       "--crop-margin", "8"]) == 0  # a margin chosen on validation after the run
+    narrow = load_bundle(tmp_path / "narrow.safetensors")
+    assert narrow.fine.crop_margin_mm == 8.0 and narrow.metadata["training"]["fine_stage"]["crop_margin_mm"] == 15.0
+    assert all(torch.equal(value, exported.fine.network.state_dict()[key]) for key, value in narrow.fine.network.state_dict().items())
+    assert train_main(["export", str(tmp_path / "run" / "checkpoint.pt"), "-o", str(tmp_path / "wide.safetensors"),
+                       "--crop-margin", "101"]) == 1
+    assert not (tmp_path / "wide.safetensors").exists()
 
     crops = []
     preprocess = fine_stage.preprocess

@@ -239,6 +239,9 @@ def test_training_writes_its_log_and_export_rebuilds_the_bundle_from_the_checkpo
         torch.testing.assert_close(rebuilt.network.state_dict()[key], value)
     assert rebuilt.metadata["validation"] == best.metadata["validation"]
     assert best.metadata["training"]["workers"] == 2
+    refused = _train_cli("export", str(run / "checkpoint.pt"), "-o", str(tmp_path / "d.safetensors"), "--crop-margin", "10")
+    assert refused.returncode == 1 and "--crop-margin goes only with a second stage's" in refused.stderr
+    assert not (tmp_path / "d.safetensors").exists()
 
 
 @pytest.mark.parametrize("package", ["monai", "tensorboard"])

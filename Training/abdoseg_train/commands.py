@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--fine-organs", nargs="+", choices=ORGAN_NAMES, default=None,
                                help="a second stage's checkpoint: the organs the exported stage refines, among those it was "
                                     "trained for (the others keep the first stage's labels)")
+    export_parser.add_argument("--crop-margin", type=float, default=None,
+                               help="a second stage's checkpoint: the crop margin around the first stage's organ at inference "
+                                    "(mm; default: the run's); the training record keeps the run's")
     export_parser.add_argument("--half", action="store_true",
                                help="store the weights as float16: half the file; they still run in float32")
     export_parser.add_argument("--name", default=None, help="model name recorded in the bundle (default: the run's)")
@@ -192,9 +195,12 @@ def run_export(args: argparse.Namespace) -> None:
     _check_output(args.output, args.force, [args.checkpoint])
     state = load_checkpoint(args.checkpoint)
     config = TrainConfig(**state["config"])
+    for option, given in (("--fine-organs", args.fine_organs), ("--crop-margin", args.crop_margin)):
+        if given is not None and config.stage != "fine":
+            raise AbdoSegError(f"{args.checkpoint} is a first stage's run; {option} goes only with a second stage's.")
+    if args.crop_margin is not None:
+        _check_crop_margin(args.crop_margin)
     if args.fine_organs:
-        if config.stage != "fine":
-            raise AbdoSegError(f"{args.checkpoint} is a first stage's run; --fine-organs goes only with a second stage's.")
         unknown = [name for name in args.fine_organs if name not in config.fine_organs]
         if unknown:
             raise AbdoSegError(f"the second stage of {args.checkpoint} was not trained for {', '.join(unknown)} "
@@ -212,7 +218,7 @@ def run_export(args: argparse.Namespace) -> None:
     else:
         validation = state["best"]
     sha256 = export(network, config, validation, args.output, state["log"], seconds=state["log"][-1]["seconds"] if state["log"] else 0.0,
-                    device="cpu", half=args.half)
+                    device="cpu", half=args.half, crop_margin_mm=args.crop_margin)
     print(f"wrote {args.output} (sha256 {sha256})")
 
 
@@ -271,10 +277,15 @@ def _check_stage(args: argparse.Namespace) -> None:
     for option, given in (("--fine-organs", args.fine_organs), ("--coarse-channel", args.coarse_channel)):
         if given and args.stage != "fine":
             raise AbdoSegError(f"{option} goes only with --stage fine.")
-    if not 0 <= args.crop_margin <= MAX_CROP_MARGIN_MM:
-        raise AbdoSegError(f"--crop-margin must lie between 0 and {MAX_CROP_MARGIN_MM:g} mm, not {args.crop_margin:g}.")
+    _check_crop_margin(args.crop_margin)
     if args.localisation_error < 0:
         raise AbdoSegError(f"--localisation-error must be 0 or more, not {args.localisation_error:g}.")
+
+
+def _check_crop_margin(margin_mm: float) -> None:
+    """The second stage's crop margin a model bundle may have (``bundle_schema``), in mm."""
+    if not 0 <= margin_mm <= MAX_CROP_MARGIN_MM:
+        raise AbdoSegError(f"--crop-margin must lie between 0 and {MAX_CROP_MARGIN_MM:g} mm, not {margin_mm:g}.")
 
 
 def _check_spacing(spacing: float) -> None:

@@ -222,8 +222,9 @@ def _initial_weights(path: Path, config: TrainConfig) -> tuple[dict, str]:
 
 
 def export(network: VNet, config: TrainConfig, validation: dict, out: Path, log: list[dict], seconds: float, device: str,
-           half: bool = False) -> str:
+           half: bool = False, crop_margin_mm: float | None = None) -> str:
     """Write ``network`` as a model bundle with the run's provenance; returns its SHA-256. ``half``: float16 weights.
+    ``crop_margin_mm``: a second stage's margin at inference (mm), if not the run's ``config.crop_margin_mm``.
 
     A second stage is written with its first stage (``config.coarse_bundle``, which must be the file it was
     trained with), whose training and validation records stay at the top and gain a ``fine_stage`` entry; a
@@ -240,7 +241,8 @@ def export(network: VNet, config: TrainConfig, validation: dict, out: Path, log:
         raise AbdoSegError(f"{config.coarse_bundle} is now {coarse.model_id}, not the first stage {config.coarse_model} that this "
                            "second stage was trained with; restore that file to export.")
     # The second stage runs windows of its training patch, laid on each crop as its patches were (fine_crops.py).
-    fine = FineStage(network.cpu(), tuple(config.spacing_mm), config.crop_margin_mm, tuple(config.patch),
+    margin = config.crop_margin_mm if crop_margin_mm is None else crop_margin_mm
+    fine = FineStage(network.cpu(), tuple(config.spacing_mm), margin, tuple(config.patch),
                      organs=tuple(config.fine_organs), coarse_channel=config.coarse_channel)
     return save_bundle(out, coarse.network, coarse.preprocessing, coarse.patch_size, config.name, today, overlap=coarse.overlap,
                        training=dict(coarse.metadata.get("training", {}), fine_stage=training),
