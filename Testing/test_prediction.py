@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import nn
 
 from AbdoSegLib.image import Image
 from AbdoSegLib.inference import predict
-from AbdoSegLib.inference.cleanup import FAT_MAX_HU, clean_labels
+from AbdoSegLib.inference.cleanup import FAT_MAX_HU, clean_labels, largest_component, winning_class
 from AbdoSegLib.inference.predict import count_windows, infer_probabilities, segment, window_size
 from AbdoSegLib.inference.sliding_window import MIN_WEIGHT, gaussian_weights, window_starts
 from AbdoSegLib.inference.upsampling import labels_on_input_grid
@@ -314,6 +315,46 @@ def test_clean_labels_drops_fat_and_gas_but_refills_an_enclosed_fat_pocket():
     expected[20, 20, 10] = expected[20, 20, 30] = False
     np.testing.assert_array_equal(cleaned == 2, expected)
     assert not (cleaned[~kidney]).any()
+
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_clean_labels_in_each_organs_box_equals_the_clean_up_of_the_whole_grid(seed):
+    """Blobby organs, some against the grid's edges, with fat and holes: the answer computed in each organ's
+    widened box is the one scipy gives on the whole grid."""
+    rng = np.random.default_rng(seed)
+    shape = (48, 40, 36)
+    smooth = [F.avg_pool3d(torch.from_numpy(rng.standard_normal((1, 1, *shape)).astype(np.float32)), 7, stride=1, padding=3,
+                           count_include_pad=False)[0, 0].numpy() for _ in range(5)]
+    labels = np.argmax(np.stack(smooth) * [[[[1.0]]], [[[1.6]]], [[[1.6]]], [[[1.6]]], [[[1.6]]]], axis=0).astype(np.uint8)
+    hu = np.where(rng.random(shape) < 0.05, -100.0, 40.0).astype(np.float32)
+    expected = np.zeros_like(labels)
+    for organ in ORGANS:
+        mask = (labels == organ.label) & (hu >= FAT_MAX_HU)
+        whole = largest_component(mask) if mask.any() else mask
+        expected[ndimage.binary_fill_holes(whole) & ((labels == 0) | (labels == organ.label))] = organ.label
+    assert all((expected == organ.label).any() for organ in ORGANS)
+    assert any((expected == organ.label)[index].any() for organ in ORGANS for index in ((0,), (-1,), (slice(None), 0)))
+    np.testing.assert_array_equal(clean_labels(labels, hu), expected)
+
+
+def test_a_pocket_open_only_to_the_grids_edge_is_not_a_hole():
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[0:8, 5:15, 5:15] = 3
+    labels[0:6, 8:12, 8:12] = 0  # a well in the kidney, open at the grid's first face
+    cleaned = clean_labels(labels, _soft_tissue(labels))
+    np.testing.assert_array_equal(cleaned, labels)
+
+
+def test_winning_class_is_the_argmax_ties_to_the_lowest_class():
+    probabilities = torch.softmax(torch.randn(5, 9, 8, 7, generator=torch.Generator().manual_seed(3)), dim=0)
+    probabilities[:, 0] = 0.2  # a five-way tie: background
+    probabilities[1:3, 1] = 0.4
+    probabilities[(0, 3, 4), 1] = 0.2 / 3  # a tie of liver and right kidney: liver
+    won = winning_class(probabilities)
+    assert won.dtype == np.uint8 and won.shape == (9, 8, 7)
+    np.testing.assert_array_equal(won, probabilities.argmax(dim=0).numpy())
+    assert (won[0] == 0).all() and (won[1] == 1).all()
 
 
 # --- back to the input grid -----------------------------------------------------------

@@ -45,6 +45,8 @@ STAGES = [
     ("preprocess", "preprocess / resample to model grid"),
     ("inference", "inference (sliding window)"),
     ("postprocess", "postprocess / back to input grid"),
+    ("fine", "second stage (crops around organs)"),
+    ("mirror_check", "left-right mirror check"),
     ("write", "write"),
 ]
 
@@ -268,7 +270,7 @@ def table(results: dict[str, dict], params: dict[str, int], gpu: bool) -> str:
         rows.append(f"| {label} | {' | '.join(values)} |")
 
     for key, label in STAGES:
-        row(f"{label} (s)", [f"{results[n]['timings_s'].get(key, float('nan')):.2f}" for n in names])
+        row(f"{label} (s)", [f"{results[n]['timings_s'][key]:.2f}" if key in results[n]["timings_s"] else "-" for n in names])
     sums = [sum(results[n]["timings_s"].get(key, 0.0) for key, _ in STAGES) for n in names]
     row("sum of stages (s)", [f"{s:.2f}" for s in sums])
     row("process start + imports + other (s)", [f"{results[n]['wall_s'] - s:.2f}" for n, s in zip(names, sums)])

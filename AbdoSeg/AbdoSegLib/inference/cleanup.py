@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from ..organs import BACKGROUND, ORGANS
@@ -23,6 +24,12 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return components == int(np.argmax(sizes))
 
 
+def winning_class(probabilities: torch.Tensor) -> np.ndarray:
+    """(X, Y, Z) uint8 argmax of (C, X, Y, Z) CPU class probabilities (ties: the lowest class id)."""
+    # max's indices are argmax's, ties included, and on the CPU about ten times faster over the leading axis.
+    return probabilities.max(dim=0).indices.to(torch.uint8).numpy()
+
+
 def clean_labels(labels: np.ndarray, hu: np.ndarray) -> np.ndarray:
     """Drop organ voxels below ``FAT_MAX_HU``, then keep each organ's largest component and
     fill its holes (only where nothing else is; an enclosed pocket of fat is organ again).
@@ -37,7 +44,10 @@ def clean_labels(labels: np.ndarray, hu: np.ndarray) -> np.ndarray:
         mask = (labels == organ.label) & not_fat
         if not mask.any():
             continue
-        mask = largest_component(mask)
-        mask = ndimage.binary_fill_holes(mask) & ((labels == BACKGROUND) | (labels == organ.label))
-        cleaned[mask] = organ.label
+        # Done in the organ's bounding box, with the whole grid's answer: background on the box's faces
+        # joins the background all around the box, so no hole is opened or closed there.
+        box = ndimage.find_objects(mask.view(np.uint8))[0]
+        inside = labels[box]
+        mask = ndimage.binary_fill_holes(largest_component(mask[box])) & ((inside == BACKGROUND) | (inside == organ.label))
+        cleaned[box][mask] = organ.label
     return cleaned

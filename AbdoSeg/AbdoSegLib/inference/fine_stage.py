@@ -39,7 +39,7 @@ from ..model.bundle import FineStage
 from ..model.preprocessing import ModelGrid, Preprocessing, canonical, hounsfield, preprocess
 from ..organs import BACKGROUND, ORGANS
 from ..progress import NoProgress, Progress
-from .cleanup import clean_labels
+from .cleanup import clean_labels, winning_class
 from .presence import OrganPresence
 from .upsampling import Box, lerp_axis, organ_margin, place
 
@@ -78,7 +78,7 @@ def refine(
         first_stage = coarse_probability(coarse[0][organ.label], coarse[1], grid, start) if fine.coarse_channel or open_faces else None
         channels = [volume, prior_channel(first_stage)] if fine.coarse_channel else [volume]
         probabilities = infer(torch.stack(channels))
-        fine_labels = probabilities.argmax(dim=0).to(torch.uint8).numpy()
+        fine_labels = winning_class(probabilities)
         if open_faces:
             fine_labels = name_cut_pieces(fine_labels, first_stage.numpy() > 0.5, organ.label, open_faces)
         mask = clean_labels(fine_labels, hounsfield(volume, hu_window)) == organ.label

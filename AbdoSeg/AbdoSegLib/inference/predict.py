@@ -14,7 +14,7 @@ from ..image import Image
 from ..model.bundle import ModelBundle
 from ..model.preprocessing import PAD_VALUE, hounsfield, preprocess
 from ..progress import NoProgress, Progress
-from .cleanup import clean_labels
+from .cleanup import clean_labels, winning_class
 from .fine_stage import refine
 from .mirror_check import MirrorCheck, check_mirror, sides_learned
 from .presence import OrganPresence, decide_presence, outside_field
@@ -107,7 +107,7 @@ def cleaned_labels(probabilities: torch.Tensor, hu: np.ndarray) -> np.ndarray:
     """(X, Y, Z) uint8 organ ids on the model grid: the argmax of (C, X, Y, Z) CPU probabilities,
     cleaned up (``cleanup.clean_labels``) with ``hu``, the (X, Y, Z) HU of the network's input
     (``preprocessing.hounsfield``)."""
-    return clean_labels(probabilities.argmax(dim=0).to(torch.uint8).numpy(), hu)
+    return clean_labels(winning_class(probabilities), hu)
 
 
 def segment(image: Image, bundle: ModelBundle, device: str = "auto", progress: Progress = NoProgress()) -> Prediction:
