@@ -3,6 +3,7 @@ found in a crop around it (``inference/fine_stage.py``): geometry on exactly-kno
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -67,7 +68,7 @@ def test_two_stage_bundle_round_trip_keeps_both_networks_and_the_fine_settings(t
 
 
 def test_a_single_stage_bundle_is_written_as_version_1_and_loads_beside_the_two_stage_default(tmp_path, tiny_model_bundle, default_model_bundle):
-    """The shipped default is two-stage (its second stage refines the right kidney); its first stage written alone is a
+    """The shipped default is two-stage (its second stage refines both kidneys and the spleen); its first stage written alone is a
     version 1 bundle, as every bundle before the second stage was, and runs with the same weights."""
     first_alone = tmp_path / "first-stage.safetensors"
     save_bundle(first_alone, default_model_bundle.network, default_model_bundle.preprocessing, default_model_bundle.patch_size,
@@ -76,7 +77,8 @@ def test_a_single_stage_bundle_is_written_as_version_1_and_loads_beside_the_two_
         assert bundle.metadata["format_version"] == SINGLE_STAGE_VERSION
         assert bundle.fine is None and "fine" not in bundle.metadata
     assert all(torch.equal(value, default_model_bundle.network.state_dict()[key]) for key, value in load_bundle(first_alone).network.state_dict().items())
-    assert default_model_bundle.metadata["format_version"] == TWO_STAGE_VERSION and default_model_bundle.fine.organs == ("right_kidney",)
+    assert default_model_bundle.metadata["format_version"] == TWO_STAGE_VERSION
+    assert default_model_bundle.fine.organs == ("right_kidney", "left_kidney", "spleen")
 
 
 def test_info_shows_both_stages(two_stage_path, capsys):
@@ -310,8 +312,8 @@ def test_windows_in_batches_blend_as_windows_one_at_a_time():
 
 @pytest.fixture(scope="module")
 def ts_dicom_single_stage(ts_dicom_ct, default_model_bundle):
-    """The default model on ts_dicom (LPS, 0.98 x 0.98 x 2 mm): liver and spleen found, the kidneys not."""
-    prediction = segment(ts_dicom_ct, default_model_bundle, device="cpu")
+    """The default model's first stage alone on ts_dicom (LPS, 0.98 x 0.98 x 2 mm): liver and spleen found, the kidneys not."""
+    prediction = segment(ts_dicom_ct, dataclasses.replace(default_model_bundle, fine=None), device="cpu")
     assert [name for name, decision in prediction.presence.items() if decision.found] == ["liver", "spleen"]
     return prediction
 
