@@ -21,7 +21,7 @@ An organ is not found when
 Position is judged by the QA (laterality, ``analysis/qa.py``) and the mirror check (``mirror_check.py``)
 rather than here: a scan whose header mirrors the patient would otherwise lose real organs.
 
-Measured with abdoseg-vnet-0.9 (the first stage of the default, 1.0) on scans with and without each organ, by
+Measured with abdoseg-vnet-0.9 (the first stage of the default, 1.1) on scans with and without each organ, by
 ``python Training/scripts/presence_table.py`` (all its rows here): "in scan" is the
 reference volume in the scan (mL; - absent, ? present but not labelled), "drawn" what the network labels
 after clean-up (mL on the model grid), "edge" whether that touches a face of the scan. Crops are of the
