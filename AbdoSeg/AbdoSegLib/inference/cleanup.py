@@ -1,4 +1,5 @@
-"""Clean-up of a predicted labelmap: no fat or gas, one connected piece per organ, no holes inside it."""
+"""From a network's class probabilities to a clean labelmap: the winning class per voxel, then no fat or gas,
+one connected piece per organ, no holes inside it."""
 
 from __future__ import annotations
 
