@@ -192,7 +192,8 @@ def test_synth_draws_distractors_lesions_and_scaled_organs_as_training_does(s032
     plain_ct, plain_labels, _ = synth("plain", *NO_VARIATION)
     drawn_ct, drawn_labels, drawn = synth("drawn", "--distractor-probability", "1", "--lesion-probability", "1", "--organ-scaling-probability", "0",
                                           "--colon-probability", "0")
-    assert drawn == {"distractor_probability": 1.0, "lesion_probability": 1.0, "organ_scaling_probability": 0.0, "colon_probability": 0.0}
+    assert drawn == {"distractor_probability": 1.0, "lesion_probability": 1.0, "organ_scaling_probability": 0.0, "colon_probability": 0.0,
+                     "renal_pelvis_probability": 0.0}
     np.testing.assert_array_equal(drawn_labels, plain_labels)  # distractors are background, lesions their organ
     changed = np.abs(drawn_ct.astype(np.int32) - plain_ct) > 0
     assert changed.mean() > 0.001  # same seed: the painting differs by what was drawn

@@ -138,7 +138,8 @@ def test_synth_command_writes_case_folders_whose_labels_are_the_anatomy_s(anatom
         np.testing.assert_array_equal(labels.array, expected)  # painting never touches the labels
         np.testing.assert_allclose(ct.affine, labels.affine)
         assert json.loads((folder / "case.json").read_text())["synthetic"] == {"anatomy": FULL_ANATOMY, "phase": "arterial", "variation": {
-            "distractor_probability": 0.0, "lesion_probability": 0.0, "organ_scaling_probability": 0.0, "colon_probability": 0.0}}
+            "distractor_probability": 0.0, "lesion_probability": 0.0, "organ_scaling_probability": 0.0, "colon_probability": 0.0,
+            "renal_pelvis_probability": 0.0}}
         assert 40 < np.median(ct.array[labels.array == 1]) < 140  # arterial liver 60-100 HU, plus scanner effects
         cts.append(ct.array)
     assert not np.array_equal(*cts)  # two draws, two scans

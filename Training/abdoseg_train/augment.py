@@ -19,6 +19,7 @@ from .draw import NO_ORGAN
 from .negatives import NegativeCentres
 from .organ_size import ORGAN_SCALING_PROBABILITY, scale_organ
 from .prepared import PreparedCase
+from .renal_sinus import RENAL_PELVIS_PROBABILITY, add_renal_pelvis
 from .synthetic import synthesise
 
 LEFT_RIGHT_AXIS = 0
@@ -144,7 +145,8 @@ class Augmenter:
     distractor_probability, lesion_probability: of a synthetic patch with distractors next to its
     organs and lesions inside them (``distractors.py``); organ_scaling_probability: of one
     with an organ grown or shrunk (``organ_size.py``); colon_probability: of one holding a kidney,
-    with a colon beside each kidney where the map has none of its own (``colon.py``).
+    with a colon beside each kidney where the map has none of its own (``colon.py``); renal_pelvis_probability:
+    of each kidney in one, with urine in its sinus (``renal_sinus.py``).
     """
 
     def __init__(self, patch: tuple[int, int, int], seed: int, rotate_deg: float = 15.0, scale: float = 0.15,
@@ -152,7 +154,7 @@ class Augmenter:
                  field_of_view_probability: float = FIELD_OF_VIEW_PROBABILITY,
                  distractor_probability: float = DISTRACTOR_PROBABILITY, lesion_probability: float = LESION_PROBABILITY,
                  organ_scaling_probability: float = ORGAN_SCALING_PROBABILITY, negatives: NegativeCentres | None = None,
-                 colon_probability: float = COLON_PROBABILITY):
+                 colon_probability: float = COLON_PROBABILITY, renal_pelvis_probability: float = RENAL_PELVIS_PROBABILITY):
         self.patch = tuple(patch)
         self.crop = tuple(int(round(n * 1.25)) for n in patch)
         self.rng = np.random.default_rng(seed)
@@ -160,6 +162,7 @@ class Augmenter:
         self.field_of_view_probability = field_of_view_probability
         self.distractor_probability, self.lesion_probability = distractor_probability, lesion_probability
         self.organ_scaling_probability, self.colon_probability = organ_scaling_probability, colon_probability
+        self.renal_pelvis_probability = renal_pelvis_probability
         self.spec = spec
         from monai.transforms import RandAffined  # the train extra (fit checks that it is installed)
 
@@ -213,7 +216,7 @@ class Augmenter:
     def synthetic(self, case: AnatomyCase, organ: int | None = None,
                   centre: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
         """A synthetic CT patch (centred on ``centre``, else chosen as ``crop_centre`` does): crop and deform the
-        anatomy map, grow or shrink an organ, draw distractors and a colon into it, then paint and corrupt it."""
+        anatomy map, grow or shrink an organ, draw distractors, a colon and urine in the renal pelvis into it, then paint and corrupt it."""
         if self.spec is None:
             raise ValueError("an Augmenter for anatomy maps needs the model's preprocessing (spec)")
         if centre is None:
@@ -233,6 +236,7 @@ class Augmenter:
         structures, labels = scale_organ(structures, labels, self.rng, self.organ_scaling_probability)
         structures = add_distractors(structures, labels, spacing, self.rng, self.distractor_probability, self.lesion_probability)
         structures = add_colon(structures, labels, spacing, self.rng, self.colon_probability)
+        structures = add_renal_pelvis(structures, spacing, self.rng, self.renal_pelvis_probability)
         hu = synthesise(structures, depth, spacing, self.rng)
         image = normalise(torch.from_numpy(hu), self.spec.hu_window)
         return image[None].float(), torch.from_numpy(labels).long(), labelled

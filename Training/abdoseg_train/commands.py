@@ -154,14 +154,7 @@ def run_fit(args: argparse.Namespace) -> None:
     low, high = CONFIG_RANGES["width"]
     if not low <= args.width <= high:  # checked now, not when the bundle is written after the training
         raise AbdoSegError(f"--width must lie between {low} and {high}, not {args.width}.")
-    for name, value in (("--synthetic-fraction", args.synthetic_fraction), ("--flip-probability", args.flip_probability),
-                        ("--field-of-view-probability", args.field_of_view_probability),
-                        ("--negative-fraction", args.negative_fraction),
-                        ("--distractor-probability", args.distractor_probability), ("--lesion-probability", args.lesion_probability),
-                        ("--organ-scaling-probability", args.organ_scaling_probability),
-                        ("--colon-probability", args.colon_probability)):
-        if not 0 <= value <= 1:
-            raise AbdoSegError(f"{name} must lie between 0 and 1, not {value}.")
+    _check_shares(args, ("synthetic_fraction", "flip_probability", "field_of_view_probability", "negative_fraction", *VARIATION_OPTIONS))
     config = TrainConfig(
         spacing_mm=(spacing,) * 3, width=args.width, patch=args.patch, batch_size=args.batch_size,
         epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, learning_rate=args.lr,
@@ -170,7 +163,7 @@ def run_fit(args: argparse.Namespace) -> None:
         workers=args.workers, field_of_view_probability=args.field_of_view_probability,
         negative_fraction=args.negative_fraction, distractor_probability=args.distractor_probability,
         lesion_probability=args.lesion_probability, organ_scaling_probability=args.organ_scaling_probability,
-        colon_probability=args.colon_probability,
+        colon_probability=args.colon_probability, renal_pelvis_probability=args.renal_pelvis_probability,
         stage=args.stage, coarse_bundle=str(args.coarse or ""), crop_margin_mm=args.crop_margin, localisation_error_mm=args.localisation_error,
         fine_organs=tuple(name for name in ORGAN_NAMES if name in (args.fine_organs or ORGAN_NAMES)), coarse_channel=args.coarse_channel,
     )
@@ -226,11 +219,11 @@ def run_synth(args: argparse.Namespace) -> None:
     if args.count < 1:
         raise AbdoSegError(f"--count must be at least 1, not {args.count}.")
     _check_spacing(args.spacing)
+    _check_shares(args, VARIATION_OPTIONS)
     sources = [source for path in args.anatomy for source in discover_anatomy(path)]
     spec = Preprocessing((args.spacing,) * 3, TrainConfig().hu_window)
     rng = np.random.default_rng(args.seed)
-    variation = AnatomyVariation(args.distractor_probability, args.lesion_probability, args.organ_scaling_probability,
-                                 args.colon_probability)
+    variation = AnatomyVariation(**{name: getattr(args, name) for name in VARIATION_OPTIONS})
     try:
         args.output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -257,8 +250,21 @@ def _check_output(output: Path, force: bool, inputs: list[Path | None]) -> None:
         raise AbdoSegError(f"{output} already exists; choose another name or pass --force.")
 
 
+VARIATION_OPTIONS = ("distractor_probability", "lesion_probability", "organ_scaling_probability", "colon_probability",
+                     "renal_pelvis_probability")
+
+
+def _check_shares(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """Each option ``names`` (argparse destinations) is a probability or fraction: between 0 and 1."""
+    for name in names:
+        value = getattr(args, name)
+        if not 0 <= value <= 1:
+            raise AbdoSegError(f"--{name.replace('_', '-')} must lie between 0 and 1, not {value}.")
+
+
 def _add_variation_options(parser: argparse.ArgumentParser, defaults: TrainConfig, unit: str) -> None:
-    """The probabilities of distractors, lesions, a scaled organ and a colon in each ``unit`` ("synthetic patch"/"synthetic scan")."""
+    """The probabilities of distractors, lesions, a scaled organ, a colon and urine in the renal pelvis in each ``unit``
+    ("synthetic patch"/"synthetic scan")."""
     parser.add_argument("--distractor-probability", type=float, default=defaults.distractor_probability,
                         help=f"of a {unit} with cysts and masses (labelled background) beside its organs")
     parser.add_argument("--lesion-probability", type=float, default=defaults.lesion_probability,
@@ -268,6 +274,9 @@ def _add_variation_options(parser: argparse.ArgumentParser, defaults: TrainConfi
     parser.add_argument("--colon-probability", type=float, default=defaults.colon_probability,
                         help=f"of a {unit} that holds a kidney, with a colon (labelled background) beside each kidney "
                              "whose map has no bowel of its own near it")
+    parser.add_argument("--renal-pelvis-probability", type=float, default=defaults.renal_pelvis_probability,
+                        help=f"of each kidney in a {unit}, with urine (labelled background) in its sinus, where maps "
+                             "leave the renal pelvis unlabelled")
 
 
 def _check_stage(args: argparse.Namespace) -> None:

@@ -12,6 +12,7 @@ from .augment import FIELD_OF_VIEW_PROBABILITY
 from .colon import COLON_PROBABILITY
 from .distractors import DISTRACTOR_PROBABILITY, LESION_PROBABILITY
 from .organ_size import ORGAN_SCALING_PROBABILITY
+from .renal_sinus import RENAL_PELVIS_PROBABILITY
 
 
 @dataclass
@@ -42,6 +43,7 @@ class TrainConfig:
     lesion_probability: float = LESION_PROBABILITY  # of a synthetic patch with lesions inside organs
     organ_scaling_probability: float = ORGAN_SCALING_PROBABILITY  # of a synthetic patch with an organ grown/shrunk
     colon_probability: float = COLON_PROBABILITY  # of a synthetic patch with a kidney, with a colon drawn (``colon.py``)
+    renal_pelvis_probability: float = RENAL_PELVIS_PROBABILITY  # of a kidney with urine in its sinus (``renal_sinus.py``)
     keep: str = "best"  # which network is exported: "best" on validation, or "last" (no selection)
     workers: int = 0  # processes that prepare cases and paint patches (0: the training process itself)
     seed: int = 0

@@ -60,6 +60,7 @@ class PatchBatches(IterableDataset):
                             lesion_probability=self.config.lesion_probability,
                             organ_scaling_probability=self.config.organ_scaling_probability,
                             colon_probability=self.config.colon_probability,
+                            renal_pelvis_probability=self.config.renal_pelvis_probability,
                             negatives=self.negatives)
         while True:
             samples = [self._sample(augment, rng, prior_rng) for _ in range(self.config.batch_size)]

@@ -4,7 +4,8 @@
 those maps leave the chest unlabelled (``thorax.py``) and is also what other maps call the heart;
 23-26 are labelled only by the maps of other sets (TotalSegmentator, BTCV, AMOS), whose classes
 ``label_tables.py`` translates to these names; 27, a cyst outside the organs, is drawn into
-training patches as a distractor.
+training patches as a distractor; 28, urine in a kidney's sinus (``renal_sinus.py``), where maps leave it
+unlabelled.
 """
 
 MAP_STRUCTURES = {
@@ -15,6 +16,6 @@ MAP_STRUCTURES = {
 }
 DERIVED_STRUCTURES = {22: "heart"}
 OTHER_MAP_STRUCTURES = {23: "bowel", 24: "muscle", 25: "urinary_bladder", 26: "kidney_cyst"}
-PATCH_STRUCTURES = {27: "cyst"}  # drawn into one training patch only (``distractors.py``)
+PATCH_STRUCTURES = {27: "cyst", 28: "renal_pelvis"}  # drawn into one training patch only
 STRUCTURES = {**MAP_STRUCTURES, **DERIVED_STRUCTURES, **OTHER_MAP_STRUCTURES, **PATCH_STRUCTURES}
 STRUCTURE_IDS = {name: label for label, name in STRUCTURES.items()}

@@ -87,6 +87,7 @@ TISSUES: dict[int, Tissue] = {
     STRUCTURE_IDS["kidney_cyst"]: Tissue(_same(-5, 20), (3, 10)),
     # A simple cyst outside the organs (a distractor): water with a sharp wall, little texture.
     STRUCTURE_IDS["cyst"]: Tissue(_same(0, 25), (1, 5)),
+    STRUCTURE_IDS["renal_pelvis"]: Tissue(_same(0, 20), (2, 8)),  # urine in the kidney's sinus (``renal_sinus.py``)
 }
 
 # The unlabelled body: (low, high) of each component's mean HU and its texture spread.

@@ -18,6 +18,7 @@ from .anatomy import AnatomyCase
 from .colon import add_colon
 from .distractors import add_distractors
 from .organ_size import scale_organ
+from .renal_sinus import add_renal_pelvis
 from .synthetic import synthesise
 
 CT_FILE, LABEL_FILE, INFO_FILE = CASE_FILES = ("ct.nii.gz", "label.nii.gz", "case.json")
@@ -26,13 +27,14 @@ CT_FILE, LABEL_FILE, INFO_FILE = CASE_FILES = ("ct.nii.gz", "label.nii.gz", "cas
 @dataclass(frozen=True)
 class AnatomyVariation:
     """Probabilities, per scan, of distractors beside the organs and lesions inside them (``distractors``), of one organ
-    grown or shrunk (``organ_size``) and of a colon beside the kidneys of a map without bowel (``colon``): what training
-    draws into its synthetic patches. All 0: the map as it is."""
+    grown or shrunk (``organ_size``), of a colon beside the kidneys of a map without bowel (``colon``) and, per kidney, of
+    urine in its sinus (``renal_sinus``): what training draws into its synthetic patches. All 0: the map as it is."""
 
     distractor_probability: float = 0.0
     lesion_probability: float = 0.0
     organ_scaling_probability: float = 0.0
     colon_probability: float = 0.0
+    renal_pelvis_probability: float = 0.0
 
 
 def write_synthetic_case(anatomy: AnatomyCase, folder: Path, phase: str, rng: np.random.Generator, overwrite: bool = False,
@@ -48,6 +50,7 @@ def write_synthetic_case(anatomy: AnatomyCase, folder: Path, phase: str, rng: np
     structures, labels = scale_organ(anatomy.structures, anatomy.labels, rng, variation.organ_scaling_probability)
     structures = add_distractors(structures, labels, spacing, rng, variation.distractor_probability, variation.lesion_probability)
     structures = add_colon(structures, labels, spacing, rng, variation.colon_probability)
+    structures = add_renal_pelvis(structures, spacing, rng, variation.renal_pelvis_probability)
     hu = synthesise(structures, anatomy.depth_mm, spacing, rng, phase=phase, random_phase=0.0)
     info = {"labelled": [organ.name for organ in ORGANS if organ.label in anatomy.labelled],
             "synthetic": {"anatomy": anatomy.name, "phase": phase, "variation": asdict(variation)}}
