@@ -3,8 +3,8 @@
 A map labels each kidney's parenchyma and leaves its sinus (the hollow on the medial side that holds the
 renal pelvis, the hilar vessels and fat) in the unlabelled body, which the painter fills with fat and soft
 tissue. In real CT the pelvis holds urine (0-20 HU), as dense in unenhanced CT as the parenchyma's lower
-range: a network that never saw it labels the sinus kidney (on the bundled sample, 30 mL of the right
-kidney's 220). Here the sinus is found as the kidney's morphological closing minus the kidney, and its
+range, and abdoseg-vnet-1.1 labels the sinus kidney (on the bundled sample, 30 mL of the right kidney's
+220). Here the sinus is found as the kidney's morphological closing minus the kidney, and its
 largest piece of unlabelled body becomes ``renal_pelvis`` in the structure map, painted as urine; the
 labels never change (the pelvis is not kidney, as the maps say).
 """
