@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -250,8 +251,7 @@ def _check_output(output: Path, force: bool, inputs: list[Path | None]) -> None:
         raise AbdoSegError(f"{output} already exists; choose another name or pass --force.")
 
 
-VARIATION_OPTIONS = ("distractor_probability", "lesion_probability", "organ_scaling_probability", "colon_probability",
-                     "renal_pelvis_probability")
+VARIATION_OPTIONS = tuple(field.name for field in fields(AnatomyVariation))  # each an option of fit and synth
 
 
 def _check_shares(args: argparse.Namespace, names: tuple[str, ...]) -> None:

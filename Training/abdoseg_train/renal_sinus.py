@@ -28,13 +28,16 @@ def add_renal_pelvis(structures: np.ndarray, spacing_mm: float, rng: np.random.G
     kidney, with ``probability``, has the unlabelled body of its sinus (``renal_sinus``) drawn as ``renal_pelvis``,
     in half of them less a one-voxel rim (the sinus fat around the pelvis)."""
     structures = structures.copy()
+    body = structures == BODY
     for kidney in KIDNEYS:
-        if not (structures == kidney).any() or rng.random() >= probability:
+        mask = structures == kidney
+        if not mask.any() or rng.random() >= probability:
             continue
-        pelvis = renal_sinus(structures == kidney, structures == BODY, SINUS_RADIUS_MM / spacing_mm)
+        pelvis = renal_sinus(mask, body, SINUS_RADIUS_MM / spacing_mm)
         if rng.random() < 0.5:
             pelvis = ndimage.binary_erosion(pelvis)
         structures[pelvis] = PELVIS
+        body &= ~pelvis
     return structures
 
 
