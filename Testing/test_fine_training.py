@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from scipy import ndimage
 
 from abdoseg_train import coarse_prior, patches
 from abdoseg_train.cases import discover_cases
@@ -28,6 +29,7 @@ from AbdoSegLib.model.vnet import VNet
 from AbdoSegLib.outputs import LABELS_FILE
 from AbdoSegLib.resources import DEFAULT_BUNDLE
 from conftest import voxel_world
+from test_renal_sinus import kidney_with_hilum
 from test_training import _tiny_case
 
 
@@ -184,7 +186,12 @@ def test_a_second_stage_starts_only_from_a_network_with_its_architecture_and_hu_
     (["--stage", "fine", "--coarse", str(DEFAULT_BUNDLE), "--localisation-error", "-2"], "--localisation-error must be 0 or more"),
     (["--fine-organs", "spleen"], "--fine-organs goes only with --stage fine"),
     (["--coarse-channel"], "--coarse-channel goes only with --stage fine"),
-], ids=["fine_without_coarse", "coarse_without_fine", "negative_margin", "negative_error", "organs_without_fine", "prior_without_fine"])
+    (["--stage", "fine", "--coarse", str(DEFAULT_BUNDLE), "--prior-sinus-probability", "0.5"],
+     "--prior-sinus-probability goes only with --coarse-channel"),
+    (["--stage", "fine", "--coarse", str(DEFAULT_BUNDLE), "--coarse-channel", "--prior-sinus-probability", "1.5"],
+     "--prior-sinus-probability must lie between 0 and 1"),
+], ids=["fine_without_coarse", "coarse_without_fine", "negative_margin", "negative_error", "organs_without_fine", "prior_without_fine",
+        "sinus_without_prior", "sinus_beyond_one"])
 def test_fine_stage_options_are_checked_before_any_work(tmp_path, capsys, arguments, phrase):
     (tmp_path / "maps").mkdir()
     code = train_main(["fit", "--synthetic", str(tmp_path / "maps"), "-o", str(tmp_path / "m.safetensors"), *arguments])
@@ -256,6 +263,42 @@ def test_a_spilled_tail_is_the_blob_drawn_long_along_one_axis(monkeypatch):
         added = ((tail > -1) & ~torch.from_numpy(mask)).numpy()
         extents = [np.ptp(np.flatnonzero(added.any(axis=tuple(a for a in range(3) if a != axis)))) * 1.5 for axis in range(3)]
         assert max(extents) >= coarse_prior.TAIL_RADIUS_MM[0] and added.sum() > ((blob > -1) & ~torch.from_numpy(mask)).sum()
+
+
+def test_a_kidneys_prior_covering_its_sinus_adds_probability_in_the_hilum_and_nowhere_far_from_it(monkeypatch):
+    """The wedge-shaped hilum of a ball kidney (radius 30 mm on a 3 mm grid): with the same draws, covering the sinus
+    raises the prior, never lowers it, fills the hilum's inner part and leaves everything 18 mm from the kidney as it was."""
+    kidney, wedge = kidney_with_hilum()
+    deep = wedge & (np.indices(wedge.shape)[0] >= 16)
+    far = ndimage.distance_transform_edt(~(kidney | wedge)) > 6
+    monkeypatch.setattr(coarse_prior, "SPILL_PROBABILITY", 0.0)
+    for seed in range(5):
+        plain = coarse_prior.simulated_prior(kidney, 3.0, np.random.default_rng(seed)).numpy()
+        covered = coarse_prior.simulated_prior(kidney, 3.0, np.random.default_rng(seed), cover_sinus=True).numpy()
+        assert np.all(covered >= plain - 1e-6) and np.array_equal(covered[far], plain[far])
+        assert covered[deep].min() > 0.5 and plain[deep].mean() < 0.5
+
+
+@pytest.mark.parametrize("organ", [1, 2], ids=["liver", "right_kidney"])
+def test_second_stage_patches_cover_the_sinus_in_the_prior_of_a_kidney_only(organ, monkeypatch):
+    """A ball organ with a hilum (2 mm voxels), with the option at 1 against nearly 0 (the same draws): the CT channel
+    and labels are the same; a kidney's prior only rises, by more than 0.5 somewhere outside the kidney; a liver's
+    is unchanged (no blob spilled: its place follows the organ's outline)."""
+    monkeypatch.setattr(coarse_prior, "SPILL_PROBABILITY", 0.0)
+    shape, _ = kidney_with_hilum()
+    labels = torch.from_numpy(shape.astype(np.uint8) * organ)
+    case = PreparedCase("ball", torch.linspace(-1, 1, labels.numel()).reshape(labels.shape), labels, (organ,), np.diag([2.0, 2.0, 2.0, 1.0]))
+    config = TrainConfig(spacing_mm=(2.0, 2.0, 2.0), **TINY, patch=(32, 32, 32), batch_size=4, stage="fine", coarse_channel=True,
+                         field_of_view_probability=0.0, negative_fraction=0.0, flip_probability=0.0)
+    rarely, always = (next(iter(patches.PatchBatches([case], [], dataclasses.replace(config, prior_sinus_probability=probability),
+                                                     rank=0, epoch=1))) for probability in (1e-9, 1.0))
+    torch.testing.assert_close(always[0][:, :1], rarely[0][:, :1])
+    assert torch.equal(always[1], rarely[1])
+    raised = always[0][:, 1] - rarely[0][:, 1]
+    if organ == 1:
+        assert torch.equal(raised, torch.zeros_like(raised))
+    else:
+        assert raised.min() > -1e-6 and all(raised[n][always[1][n] == 0].max() > 0.5 for n in range(4))
 
 
 def test_second_stage_patches_with_the_coarse_channel_carry_the_prior_of_the_organ_they_surround():

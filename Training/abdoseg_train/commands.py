@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit_parser.add_argument("--coarse-channel", action="store_true",
                             help="with --stage fine: the network also reads the first stage's probability of the organ "
                                  "(simulated from the reference in training; no --validate)")
+    fit_parser.add_argument("--prior-sinus-probability", type=float, default=defaults.prior_sinus_probability,
+                            help="with --coarse-channel: of a kidney's simulated first-stage probability covering its renal "
+                                 "sinus, as a first stage draws it, for the network to take out where the CT shows no kidney")
     fit_parser.add_argument("--validate-every", type=int, default=defaults.validate_every, help="epochs between validations")
     fit_parser.add_argument("--keep", choices=("best", "last"), default=defaults.keep,
                             help="export the epoch best on validation, or the last one (validated, not selected)")
@@ -167,6 +170,7 @@ def run_fit(args: argparse.Namespace) -> None:
         colon_probability=args.colon_probability, renal_pelvis_probability=args.renal_pelvis_probability,
         stage=args.stage, coarse_bundle=str(args.coarse or ""), crop_margin_mm=args.crop_margin, localisation_error_mm=args.localisation_error,
         fine_organs=tuple(name for name in ORGAN_NAMES if name in (args.fine_organs or ORGAN_NAMES)), coarse_channel=args.coarse_channel,
+        prior_sinus_probability=args.prior_sinus_probability,
     )
     best = fit(train, validation, config, args.output, args.workdir, args.cache, args.resume, args.init, synthetic)
     print(json.dumps({"model": str(args.output), "validation": {k: v for k, v in best.items() if k != "per_case"}}, indent=2))
@@ -280,12 +284,16 @@ def _add_variation_options(parser: argparse.ArgumentParser, defaults: TrainConfi
 
 
 def _check_stage(args: argparse.Namespace) -> None:
-    """--coarse goes with --stage fine (and only there), with a margin and an error the bundle and the crops can have."""
+    """--coarse goes with --stage fine (and only there), with a margin and an error the bundle and the crops can have;
+    --coarse-channel and --prior-sinus-probability go with it too."""
     if (args.stage == "fine") != (args.coarse is not None):
         raise AbdoSegError("--stage fine needs --coarse BUNDLE (the first stage), and --coarse goes only with --stage fine.")
     for option, given in (("--fine-organs", args.fine_organs), ("--coarse-channel", args.coarse_channel)):
         if given and args.stage != "fine":
             raise AbdoSegError(f"{option} goes only with --stage fine.")
+    if args.prior_sinus_probability and not args.coarse_channel:
+        raise AbdoSegError("--prior-sinus-probability goes only with --coarse-channel (it shapes that channel).")
+    _check_shares(args, ("prior_sinus_probability",))
     _check_crop_margin(args.crop_margin)
     if args.localisation_error < 0:
         raise AbdoSegError(f"--localisation-error must be 0 or more, not {args.localisation_error:g}.")

@@ -62,6 +62,7 @@ class TrainConfig:
     fine_organs: tuple[str, ...] = tuple(ORGAN_NAMES)  # the organs the second stage refines; its crops surround only them
     localisation_error_mm: float = 5.0  # SD (mm) of the first stage's error at each face of an organ's box, about 2 of its 3 mm voxels
     coarse_channel: bool = False  # the second stage also reads the first stage's probability of the organ (``coarse_prior.py``)
+    prior_sinus_probability: float = 0.0  # of a kidney's simulated prior covering its renal sinus (``coarse_prior.py``)
 
     @property
     def preprocessing(self) -> Preprocessing:

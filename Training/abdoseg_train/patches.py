@@ -28,6 +28,8 @@ from .losses import class_mask
 from .negatives import NegativeCentres
 from .prepared import PreparedCase
 
+KIDNEYS = frozenset(organ_by_name(name).label for name in ("right_kidney", "left_kidney"))
+
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -86,7 +88,10 @@ class PatchBatches(IterableDataset):
             if organ not in labels and mirrored(organ) in labels:
                 organ = mirrored(organ)
             mask = (labels == organ).numpy()
-        return simulated_prior(mask, float(self.config.spacing_mm[0]), rng)
+        # Drawn only when asked, so that a run without it keeps the priors it had before the option existed.
+        cover_sinus = (organ in KIDNEYS and self.config.prior_sinus_probability > 0
+                       and rng.random() < self.config.prior_sinus_probability)
+        return simulated_prior(mask, float(self.config.spacing_mm[0]), rng, cover_sinus)
 
     def _draw(self, rng: np.random.Generator) -> tuple[PreparedCase | AnatomyCase, int | None, np.ndarray | None]:
         """A case, the organ to centre on and the patch's centre (None: the Augmenter chooses); for the second stage
