@@ -13,9 +13,10 @@ those on real CT; the patch's reference mask is degraded instead, as a 3 mm netw
   background (a neighbour drawn as the organ, such as a colon loop by a kidney), which the fine network
   must learn to reject from the CT; in ``TAIL_SHARE`` of them the blob is a tail, long along one axis (the
   first stage's over-drawn tail: a kidney's pole running 45 mm down along the structure below it),
-- and, where the caller asks (``cover_sinus``), covering a kidney's renal sinus (``renal_sinus.renal_sinus``), which
-  a first stage draws as kidney where it holds urine (abdoseg-vnet-0.9 on the bundled sample: 30 mL of the right
-  kidney's 220), for the fine network to take out where the CT shows no parenchyma.
+- and, where the caller asks (``cover_sinus``), covering a kidney's renal sinus (``renal_sinus.renal_sinus``), as the
+  first stage's probability does on the bundled sample, where abdoseg-vnet-1.1, its second stage following that
+  probability, draws 30 mL of the sinus as right kidney (beside 220): for the fine network to take out where the CT
+  shows no parenchyma.
 """
 
 from __future__ import annotations
