@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from .structures import STRUCTURE_IDS
 
-RENAL_PELVIS_PROBABILITY = 0.0  # of a kidney in a synthetic patch with urine in its sinus; off: two runs at 0.5 did not help
+RENAL_PELVIS_PROBABILITY = 0.0  # of a kidney in a synthetic patch with urine in its sinus; off: three runs at 0.5 did not help
 SINUS_RADIUS_MM = 12.0  # the closing's radius: it fills the hilum (20-30 mm wide), not the kidney's shallow dents
 KIDNEYS = (STRUCTURE_IDS["right_kidney"], STRUCTURE_IDS["left_kidney"])
 BODY, PELVIS = STRUCTURE_IDS["body_other"], STRUCTURE_IDS["renal_pelvis"]
