@@ -4,8 +4,8 @@
 on the scan without the cyst (``Training/scripts/inserted_cysts.py`` places them the same way). In
 portal-venous CT an enhancing kidney or spleen (100-230 HU) and water (about 8 HU) differ plainly: a cyst
 called organ there is the failure the model card's "A cyst beside an organ, inserted into real CT" measures
-(abdoseg-vnet-1.1: nothing of any cyst of that table labelled organ on this scan; in unenhanced CT it does
-label some, a known limit).
+(abdoseg-vnet-1.1: nothing of the cysts beside this scan's kidneys and spleen labelled organ; in unenhanced CT
+it labels some, a known limit).
 """
 
 from __future__ import annotations
