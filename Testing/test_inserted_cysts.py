@@ -75,7 +75,7 @@ def test_painting_fills_the_cyst_with_fluid_and_the_scans_noise_and_leaves_the_r
     assert inside.mean() == pytest.approx(CYST_HU, abs=0.5)
     assert inside.std() == pytest.approx(10.0, rel=0.05)
     far = np.ones(hu.shape, dtype=bool)
-    far[16:44, 16:44, 16:44] = False  # more than 3 sigmas of the 1 mm wall blur (4 voxels of 2 mm) away
+    far[16:44, 16:44, 16:44] = False  # 4 voxels (8 mm, 8 sigmas of the wall blur) or more from the cyst
     assert np.array_equal(painted[far], hu[far])
     wall = painted[19, 20:40, 20:40]  # one voxel outside the cyst: part fluid, part tissue
     assert CYST_HU < wall.mean() < 40.0
