@@ -70,7 +70,8 @@ def test_painting_fills_the_cyst_with_fluid_and_the_scans_noise_and_leaves_the_r
     hu = 40.0 + 10.0 * rng.standard_normal((60, 60, 60)).astype(np.float32)
     cyst = np.zeros(hu.shape, dtype=bool)
     cyst[20:40, 20:40, 20:40] = True
-    painted = paint_cyst(Image(hu, RAS), cyst, np.random.default_rng(2)).array
+    image = Image(hu, RAS)
+    painted = paint_cyst(image, cyst, noise_sd(image), np.random.default_rng(2)).array
     inside = painted[cyst]
     assert inside.mean() == pytest.approx(CYST_HU, abs=0.5)
     assert inside.std() == pytest.approx(10.0, rel=0.05)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from abdoseg_train.inserted_cysts import cyst_beside, paint_cyst, replaceable_tissue
+from abdoseg_train.inserted_cysts import cyst_beside, noise_sd, paint_cyst, replaceable_tissue
 from AbdoSegLib.inference.predict import segment
 from AbdoSegLib.io.image_files import read_image
 from AbdoSegLib.model.bundle import load_bundle
@@ -26,19 +26,19 @@ MAX_CALLED_ORGAN_ML = 2.0  # a partial-volume rim, at most; measured 0.0 mL with
 
 @pytest.fixture(scope="module")
 def scan(data_dir):
-    """ircad_17's CT, the default bundle and its labels on the scan as it is."""
+    """ircad_17's CT, its noise (HU), the default bundle and its labels on the scan as it is."""
     ct = read_image(data_dir / "ircad_17" / "ct.nii.gz")
     bundle = load_bundle(DEFAULT_BUNDLE)
-    return ct, bundle, segment(ct, bundle, "cpu").labels.array
+    return ct, noise_sd(ct), bundle, segment(ct, bundle, "cpu").labels.array
 
 
 @pytest.mark.parametrize("organ_name", ["left_kidney", "spleen"])
 def test_a_cyst_in_front_of_and_below_an_enhancing_organ_is_not_called_organ(scan, organ_name):
-    ct, bundle, plain = scan
+    ct, noise_hu, bundle, plain = scan
     organ = plain == organ_by_name(organ_name).label
     cyst = cyst_beside(organ, replaceable_tissue(ct, plain), ct.affine, (0.0, 1.0, -1.0), CYST_ML)
     assert cyst.sum() * ct.voxel_volume_ml > 50  # most of the ball found room beside the organ
-    labels = segment(paint_cyst(ct, cyst, np.random.default_rng(0)), bundle, "cpu").labels.array
+    labels = segment(paint_cyst(ct, cyst, noise_hu, np.random.default_rng(0)), bundle, "cpu").labels.array
     called = {o.name: float((labels[cyst] == o.label).sum() * ct.voxel_volume_ml) for o in ORGANS}
     assert sum(called.values()) <= MAX_CALLED_ORGAN_ML, called
     kept = (labels == organ_by_name(organ_name).label) & organ

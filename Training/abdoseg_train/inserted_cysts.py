@@ -82,14 +82,15 @@ def noise_sd(ct: Image) -> float:
     return float(1.4826 * np.median(np.abs(soft - np.median(soft)))) if soft.size else 0.0
 
 
-def paint_cyst(ct: Image, cyst: np.ndarray, rng: np.random.Generator, hu: float = CYST_HU) -> Image:
-    """``ct`` (HU) with ``cyst`` ((I, J, K) bool) filled with fluid of mean ``hu`` and the scan's noise (``noise_sd``).
+def paint_cyst(ct: Image, cyst: np.ndarray, noise_hu: float, rng: np.random.Generator, hu: float = CYST_HU) -> Image:
+    """``ct`` (HU) with ``cyst`` ((I, J, K) bool) filled with fluid of mean ``hu`` and white noise of ``noise_hu``
+    (the scan's own: ``noise_sd(ct)``, measured once per scan by the caller).
 
     The wall is a partial-volume blend over ``EDGE_SIGMA_MM``; voxels farther than about three sigmas from
     the cyst are unchanged. Returns a float32 image on the same grid.
     """
     hu_array = ct.array.astype(np.float32)
-    fluid = hu + noise_sd(ct) * rng.standard_normal(hu_array.shape, dtype=np.float32)
+    fluid = hu + noise_hu * rng.standard_normal(hu_array.shape, dtype=np.float32)
     share = ndimage.gaussian_filter(cyst.astype(np.float32), EDGE_SIGMA_MM / ct.spacing)
     share[cyst] = 1.0  # the cyst itself is all fluid; only its surroundings blend
     share[share < 1e-3] = 0.0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from abdoseg_train.inserted_cysts import cyst_beside, paint_cyst, replaceable_tissue
+from abdoseg_train.inserted_cysts import cyst_beside, noise_sd, paint_cyst, replaceable_tissue
 from AbdoSegLib.analysis.metrics import dice
 from AbdoSegLib.inference.predict import segment
 from AbdoSegLib.io.image_files import read_image
@@ -42,13 +42,13 @@ def case_rows(name: str, ct, reference, labelled: set[str], bundle, volume_ml: f
     plain = segment(ct, bundle, "cpu").labels.array
     unlabelled = [organ.label for organ in ORGANS if organ.name not in labelled]
     truth = np.where(np.isin(plain, unlabelled) & (reference.array == 0), plain, reference.array)
-    replaceable = replaceable_tissue(ct, truth)
+    replaceable, noise_hu = replaceable_tissue(ct, truth), noise_sd(ct)
     for organ in ORGANS:
         if not (truth == organ.label).any():
             continue
         for side, direction in sides(organ.name).items():
             cyst = cyst_beside(truth == organ.label, replaceable, ct.affine, direction, volume_ml)
-            labels = segment(paint_cyst(ct, cyst, np.random.default_rng(SEED)), bundle, "cpu").labels.array
+            labels = segment(paint_cyst(ct, cyst, noise_hu, np.random.default_rng(SEED)), bundle, "cpu").labels.array
             called = ", ".join(f"{(labels[cyst] == o.label).sum() * ct.voxel_volume_ml:.1f}" for o in ORGANS)
             score = dice(labels == organ.label, truth == organ.label)
             star = "" if organ.name in labelled else "*"
