@@ -1,5 +1,6 @@
 """Plausibility checks of a labelmap: organ volumes against typical adult ranges, organ extents against
-plausible adult sizes, the network's confidence, laterality, and whether the image's header may be mirrored.
+plausible adult sizes, the network's confidence, fluid inside an organ's label, laterality, and whether the
+image's header may be mirrored.
 
 Nothing here fails: a finding is a warning sentence for the user to look at. An organ in several distant
 pieces is not checked: the clean-up keeps one connected piece per organ.
@@ -16,6 +17,7 @@ import numpy as np
 from ..image import Image, bounding_boxes
 from ..model.preprocessing import canonical
 from ..organs import ORGANS, organ_by_name
+from .fluid import fluid_region, fluid_warning
 
 # Typical adult organ volumes (mL), wide on purpose: the check is for gross errors (a missed
 # lobe, a merged neighbour, a cut-off field of view), not for diagnosis.
@@ -80,6 +82,9 @@ def qa_report(labels: Image, ct: Image | None = None, measurements: dict[str, di
     Each organ's extent along the world axes R-L, A-P and S-I (mm) is that of its voxels' bounding
     box, edge to edge (for an oblique grid, of the box's corners), compared with ``MAX_EXTENT_MM``.
 
+    When ``ct`` shares the labelmap's grid, each organ's largest region of fluid density
+    (``fluid.fluid_region``) is reported and warned about.
+
     For each pair of ``LATERALITY_PAIRS`` whose organs are both present, the right-side organ's
     centroid must lie at a larger world x (further to the patient's right) than the left-side
     one's. When only one organ of a pair is present, its centroid is compared with the body's
@@ -95,11 +100,12 @@ def qa_report(labels: Image, ct: Image | None = None, measurements: dict[str, di
     "extents": {organ: {"extent_mm": [R-L, A-P, S-I] or None, "max_extent_mm", "within" (None
     when absent)}}, "low_confidence_below": LOW_CONFIDENCE, "laterality": {"midline_x_mm",
     "midline_from", "centroids_ras_mm": {organ: [x, y, z] or None}, "checks": [{"rule", "ok",
-    "x_mm"}], "ok": all checks pass (None without any check)}, "mirror_check": mirror (None without),
-    "warnings": [sentences]}.
+    "x_mm"}], "ok": all checks pass (None without any check)}, "fluid_regions": {organ: {"volume_ml", "mean_hu",
+    "organ_hu"} or None (none, or no CT on the grid)}, "mirror_check": mirror (None without), "warnings": [sentences]}.
     """
     boxes = bounding_boxes(labels.array)
-    volumes, extents, centroids, warnings = {}, {}, {}, []
+    volumes, extents, centroids, fluid, warnings = {}, {}, {}, {}, []
+    judge_fluid = ct is not None and ct.same_grid(labels)
     for organ in ORGANS:
         box = boxes[organ.label - 1] if organ.label <= len(boxes) else None  # None: no voxel of the organ
         mask = labels.array[box] == organ.label if box is not None else None
@@ -119,6 +125,9 @@ def qa_report(labels: Image, ct: Image | None = None, measurements: dict[str, di
         extents[organ.name] = _extent_check(organ.name, box, labels.affine)
         measured = measurements[organ.name] if measurements is not None else {}
         warnings += _organ_warnings(organ.title.lower(), volumes[organ.name], extents[organ.name], measured)
+        fluid[organ.name] = fluid_region(mask, ct.array[box], labels.spacing) if judge_fluid and box is not None else None
+        if fluid[organ.name] is not None:
+            warnings.append(fluid_warning(organ.title.lower(), fluid[organ.name]))
     midline_x, midline_from = _midline_x(labels, ct)
     findings = _laterality_checks({name: c[0] for name, c in centroids.items() if c is not None}, midline_x)
     warnings += [warning for check, warning in findings if not check["ok"]]
@@ -136,6 +145,7 @@ def qa_report(labels: Image, ct: Image | None = None, measurements: dict[str, di
             "checks": checks,
             "ok": all(check["ok"] for check in checks) if checks else None,
         },
+        "fluid_regions": fluid,
         "mirror_check": mirror,
         "warnings": warnings,
     }
