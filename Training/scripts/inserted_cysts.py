@@ -8,7 +8,8 @@ each organ, on two sides (in front of and below it; beside and below it, away fr
 nor bone, and the scan is segmented by ``inference.predict.segment``. Each row gives the cyst's volume as
 inserted, how much of it the bundle labelled as each organ (mL, after the not-found decision), and the
 Dice of the organ the cyst touches: against the reference where the case labels that organ, else
-(marked *) against the bundle's own labels on the scan without the cyst, whose organ also places the cyst.
+(marked *) against the bundle's own labels on the scan without the cyst, whose organ also places the cyst, and
+the organs whose label the QA finds fluid in (``analysis.fluid.fluid_region``, mL).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from abdoseg_train.inserted_cysts import cyst_beside, noise_sd, paint_cyst, replaceable_tissue
+from AbdoSegLib.analysis.fluid import fluid_region
 from AbdoSegLib.analysis.metrics import dice
 from AbdoSegLib.inference.predict import segment
 from AbdoSegLib.io.image_files import read_image
@@ -48,11 +50,14 @@ def case_rows(name: str, ct, reference, labelled: set[str], bundle, volume_ml: f
             continue
         for side, direction in sides(organ.name).items():
             cyst = cyst_beside(truth == organ.label, replaceable, ct.affine, direction, volume_ml)
-            labels = segment(paint_cyst(ct, cyst, noise_hu, np.random.default_rng(SEED)), bundle, "cpu").labels.array
+            painted = paint_cyst(ct, cyst, noise_hu, np.random.default_rng(SEED))
+            labels = segment(painted, bundle, "cpu").labels.array
             called = ", ".join(f"{(labels[cyst] == o.label).sum() * ct.voxel_volume_ml:.1f}" for o in ORGANS)
             score = dice(labels == organ.label, truth == organ.label)
             star = "" if organ.name in labelled else "*"
-            print(f"| {name} | {organ.name} | {side} | {cyst.sum() * ct.voxel_volume_ml:.0f} | {called} | {score:.3f}{star} |")
+            fluid = {o.name: fluid_region(labels == o.label, painted.array, ct.spacing) for o in ORGANS}
+            warned = ", ".join(f"{n} {r['volume_ml']:.0f}" for n, r in fluid.items() if r) or "none"
+            print(f"| {name} | {organ.name} | {side} | {cyst.sum() * ct.voxel_volume_ml:.0f} | {called} | {score:.3f}{star} | {warned} |")
 
 
 def main() -> None:
@@ -67,7 +72,7 @@ def main() -> None:
     bundle = load_bundle(args.model)
     names = ", ".join(organ.name for organ in ORGANS)
     print(f"{bundle.model_id}, cysts of {args.volume:g} mL\n\n| scan | beside | side | cyst (mL) | labelled {names} (mL) | "
-          f"organ's Dice |\n|---|---|---|---:|---|---:|")
+          f"organ's Dice | QA: fluid in (mL) |\n|---|---|---|---:|---|---:|---|")
     all_organs = {organ.name for organ in ORGANS}
     case_rows("sample", read_image(SAMPLE_CT), read_image(SAMPLE_REFERENCE), all_organs, bundle, args.volume)
     labelled = set(json.loads((ircad / "case.json").read_text())["labelled"])
