@@ -50,7 +50,6 @@ def test_a_cyst_drawn_as_organ_is_found_with_its_volume_and_density(grid):
     assert region["volume_ml"] == pytest.approx(cyst_ml, rel=0.3)  # blocks of 3 mm and the opening of one block
     assert region["mean_hu"] < FLUID_MAX_HU
     assert region["organ_hu"] == pytest.approx(45.0, abs=5.0)
-    assert region["wall_hu"] > 20.0  # 45 HU of organ against 5 of fluid, blurred by the blocks
 
 
 @pytest.mark.parametrize("grid", GRIDS)
@@ -62,16 +61,6 @@ def test_an_organ_without_fluid_in_fat_has_none_despite_its_partial_volume_rim(g
 def test_an_organ_as_dense_as_fluid_is_not_a_fluid_region_of_itself():
     label, ct, spacing, _ = _scan(GRIDS["3 mm"], organ_hu=10.0)  # a fatty liver, an unenhanced kidney in a noisy scan
     assert fluid_region(label, ct, spacing) is None
-
-
-def test_a_slow_change_of_density_across_the_organ_has_no_wall_and_is_not_fluid(monkeypatch):
-    """A bias field (beam hardening; the synthetic scans' bias) taking the organ's lower part down to fluid density."""
-    label, ct, spacing, _ = _scan(GRIDS["3 mm"], organ_hu=45.0)
-    height_mm = np.arange(ct.shape[2]) * spacing[2] - ct.shape[2] * spacing[2] / 2  # 0 at the organ's centre
-    ct = ct + np.clip(height_mm, -45.0, 15.0)[None, None, :].astype(np.float32)  # 1 HU per mm: 0 HU at its lowest point, 60 at the top
-    assert fluid_region(label, ct, spacing) is None
-    monkeypatch.setattr(fluid, "WALL_HU", -np.inf)  # the same region, densities alone
-    assert fluid_region(label, ct, spacing)["volume_ml"] > MIN_FLUID_ML
 
 
 def test_a_hypodense_solid_lesion_is_not_fluid():

@@ -101,7 +101,7 @@ def qa_report(labels: Image, ct: Image | None = None, measurements: dict[str, di
     when absent)}}, "low_confidence_below": LOW_CONFIDENCE, "laterality": {"midline_x_mm",
     "midline_from", "centroids_ras_mm": {organ: [x, y, z] or None}, "checks": [{"rule", "ok",
     "x_mm"}], "ok": all checks pass (None without any check)}, "fluid_regions": {organ: {"volume_ml", "mean_hu",
-    "organ_hu", "wall_hu"} or None (none, or no CT on the grid)}, "mirror_check": mirror (None without), "warnings": [sentences]}.
+    "organ_hu"} or None (none, or no CT on the grid)}, "mirror_check": mirror (None without), "warnings": [sentences]}.
     """
     boxes = bounding_boxes(labels.array)
     volumes, extents, centroids, fluid, warnings = {}, {}, {}, {}, []
