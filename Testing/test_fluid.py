@@ -1,5 +1,6 @@
 """The fluid check of the QA on exactly-known volumes: an organ of known density in fat, with a partial-volume edge
-and noise, with or without a ball of fluid of known volume in its label."""
+and noise, with or without a ball of fluid of known volume in its label; and on the real sample, with a cyst of known
+volume painted beside its spleen and drawn as spleen."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from abdoseg_train.inserted_cysts import cyst_beside, noise_sd, paint_cyst, replaceable_tissue
 from AbdoSegLib.analysis import fluid
 from AbdoSegLib.analysis.fluid import FLUID_MAX_HU, MIN_FLUID_ML, fluid_region, fluid_warning
 from AbdoSegLib.analysis.qa import qa_report
 from AbdoSegLib.image import Image
+from AbdoSegLib.io.image_files import read_image
+from AbdoSegLib.organs import organ_by_name
+from AbdoSegLib.resources import SAMPLE_REFERENCE
 
 FAT_HU, NOISE_HU = -100.0, 15.0
 ORGAN_AXES_MM = np.array([50.0, 40.0, 60.0])  # semi-axes of an ellipsoid of 503 mL
@@ -86,3 +91,18 @@ def test_the_qa_warns_about_the_organ_that_holds_the_fluid():
     assert report["fluid_regions"]["liver"] is None
     assert qa_report(labels)["fluid_regions"]["spleen"] is None  # no CT on the grid: nothing judged
     assert f"a {region['volume_ml']:.0f} mL region of fluid density" in fluid_warning("spleen", region)
+
+
+def test_a_cyst_beside_the_real_spleen_drawn_as_spleen_is_warned_and_the_real_organs_are_not(ts_example_ct):
+    """The sample is unenhanced: its spleen measures 35 HU, its kidneys 14-21 HU, near fluid's 8."""
+    reference = read_image(SAMPLE_REFERENCE)
+    spleen_id = organ_by_name("spleen").label
+    cyst = cyst_beside(reference.array == spleen_id, replaceable_tissue(ts_example_ct, reference.array), ts_example_ct.affine,
+                       (0.0, 1.0, -1.0), 100.0)  # in front of it and below
+    cyst_ml = cyst.sum() * ts_example_ct.voxel_volume_ml
+    with_cyst = paint_cyst(ts_example_ct, cyst, noise_sd(ts_example_ct), np.random.default_rng(0))
+    drawn = reference.with_array(np.where(cyst, spleen_id, reference.array).astype(reference.array.dtype))
+    report = qa_report(drawn, with_cyst)
+    assert report["fluid_regions"]["spleen"]["volume_ml"] == pytest.approx(cyst_ml, rel=0.3)
+    assert [w for w in report["warnings"] if "fluid" in w] == [fluid_warning("spleen", report["fluid_regions"]["spleen"])]
+    assert all(region is None for region in qa_report(reference, ts_example_ct)["fluid_regions"].values())
