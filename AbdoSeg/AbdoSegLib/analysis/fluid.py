@@ -54,9 +54,9 @@ def fluid_region(organ: np.ndarray, ct: np.ndarray, spacing_mm: np.ndarray) -> d
     box = ndimage.find_objects(organ.astype(np.uint8))
     if not box:
         return None
-    organ, ct = _padded(organ[box[0]], factors), _padded(ct[box[0]], factors)
-    voxels = _block_sums(organ.astype(np.float32), factors)
-    hu_sums = _block_sums(np.where(organ, ct, 0).astype(np.float64), factors)
+    inside, hu = _padded(organ[box[0]], factors), _padded(ct[box[0]], factors)
+    voxels = _block_sums(inside.astype(np.float32), factors)
+    hu_sums = _block_sums(np.where(inside, hu, 0).astype(np.float64), factors)
     counted = voxels >= MIN_ORGAN_SHARE * np.prod(factors)
     if not counted.any():
         return None
