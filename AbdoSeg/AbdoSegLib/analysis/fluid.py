@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ..image import bounding_boxes
+
 FLUID_MAX_HU = 20.0
 """The densest voxel average counted as fluid: the upper bound of a simple cyst (Bosniak 2019)."""
 
@@ -51,10 +53,10 @@ def fluid_region(organ: np.ndarray, ct: np.ndarray, spacing_mm: np.ndarray) -> d
     density (``ORGAN_DENSITY_QUANTILE`` of its averaged blocks)}.
     """
     factors = tuple(max(1, round(BLOCK_MM / float(s))) for s in spacing_mm)
-    box = ndimage.find_objects(organ.astype(np.uint8))
-    if not box:
+    box = bounding_boxes(organ.view(np.uint8), max_label=1)[0]
+    if box is None:
         return None
-    inside, hu = _padded(organ[box[0]], factors), _padded(ct[box[0]], factors)
+    inside, hu = _padded(organ[box], factors), _padded(ct[box], factors)
     voxels = _block_sums(inside.astype(np.float32), factors)
     hu_sums = _block_sums(np.where(inside, hu, 0).astype(np.float64), factors)
     counted = voxels >= MIN_ORGAN_SHARE * np.prod(factors)
@@ -90,6 +92,7 @@ def _padded(array: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
 
 
 def _block_sums(array: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
-    """Sums over blocks of ``factors`` voxels of an array whose shape is a multiple of them."""
+    """Sums over blocks of ``factors`` voxels of an array whose shape is a multiple of them (a reshape: scikit-image's
+    ``block_reduce`` does the same, but the engine does not depend on scikit-image)."""
     (a, b, c), (f, g, h) = array.shape, factors
     return array.reshape(a // f, f, b // g, g, c // h, h).sum(axis=(1, 3, 5))
